@@ -1,0 +1,253 @@
+//! The envelope: header names, the header map and the body codecs.
+//!
+//! A queue row carries its headers as a jsonb object of strings, so an operator can query
+//! them with SQL, and its body as bytes: MessagePack with field names by default, or JSON
+//! when the `content_type` header says `application/json` (handy for rows written by
+//! hand). The only header a row must have is `message_type`.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use message::Message;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The header names, fixed once so that tests, tools and operators agree.
+pub mod header {
+    /// The message's id, also in the row's `message_id` column.
+    pub const MESSAGE_ID: &str = "message_id";
+    /// `<contract>.<Type>`; the one header a row must carry.
+    pub const MESSAGE_TYPE: &str = "message_type";
+    /// `send`, `publish`, `reply` or `timeout`.
+    pub const INTENT: &str = "intent";
+    /// `application/msgpack` (the default) or `application/json`.
+    pub const CONTENT_TYPE: &str = "content_type";
+    /// Shared by every message caused, directly or not, by the first one.
+    pub const CONVERSATION_ID: &str = "conversation_id";
+    /// The id of the message whose handler sent this one.
+    pub const RELATED_TO: &str = "related_to";
+    /// A business correlation value chosen by the sender.
+    pub const CORRELATION_ID: &str = "correlation_id";
+    /// The endpoint that replies go to.
+    pub const REPLY_TO: &str = "reply_to";
+    /// The endpoint (or standalone sender) that sent the message.
+    pub const SENDING_ENDPOINT: &str = "sending_endpoint";
+    /// The host name of the sending process.
+    pub const SENDING_HOST: &str = "sending_host";
+    /// When it was sent, RFC 3339 in UTC, by the sender's clock.
+    pub const TIME_SENT: &str = "time_sent";
+    /// The saga a reply or timeout belongs to.
+    pub const SAGA_ID: &str = "saga_id";
+    /// That saga's type.
+    pub const SAGA_TYPE: &str = "saga_type";
+    /// How many times handling this message has failed so far.
+    pub const FAILED_ATTEMPTS: &str = "failed_attempts";
+    /// How many delayed retries it has had so far.
+    pub const DELAYED_RETRIES: &str = "delayed_retries";
+    /// W3C trace context, carried through untouched.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state, carried through untouched.
+    pub const TRACESTATE: &str = "tracestate";
+    /// On failure: the error's kind (its type or variant).
+    pub const ERROR_KIND: &str = "error_kind";
+    /// On failure: the error's message.
+    pub const ERROR_MESSAGE: &str = "error_message";
+    /// On failure: the error's source chain, one cause a line.
+    pub const ERROR_SOURCE: &str = "error_source";
+    /// On failure: the queue the message failed in.
+    pub const FAILED_QUEUE: &str = "failed_queue";
+    /// On failure: when, RFC 3339 in UTC.
+    pub const FAILED_AT: &str = "failed_at";
+    /// Headers whose names start with this are copied onto every message a handler sends,
+    /// so a value such as a test run's id follows the whole flow.
+    pub const BAGGAGE_PREFIX: &str = "baggage.";
+
+    /// The headers describing a failure, removed again when a message is retried.
+    pub const FAILURE_HEADERS: [&str; 5] =
+        [ERROR_KIND, ERROR_MESSAGE, ERROR_SOURCE, FAILED_QUEUE, FAILED_AT];
+}
+
+/// MessagePack with field names, the default body encoding.
+pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
+/// JSON, accepted on receive for rows written by hand.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// A message's headers: string names to string values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(BTreeMap<String, String>);
+
+impl Headers {
+    /// An empty map.
+    pub fn new() -> Self {
+        Headers::default()
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Sets `name` to `value`, replacing NUL characters (which jsonb cannot store) with
+    /// U+FFFD so that an error text carrying one cannot make a message unmovable.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(sanitize(name.into()), sanitize(value.into()));
+    }
+
+    /// Removes `name`, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        self.0.remove(name)
+    }
+
+    /// Every header in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// A counter header read as a number; absent or unreadable counts as zero.
+    pub fn counter(&self, name: &str) -> u32 {
+        self.get(name).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// The map as a jsonb-ready JSON object.
+    pub fn to_json(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )
+    }
+
+    /// Reads the map from a queue row's jsonb. Numbers and booleans are taken as their
+    /// text (an operator writing `"failed_attempts": 1` by hand means no harm) and nulls
+    /// are dropped; anything else is refused with a reason.
+    pub fn from_json(value: &Value) -> Result<Headers, String> {
+        let Value::Object(map) = value else {
+            return Err(format!("headers are a JSON {}, not an object", json_kind(value)));
+        };
+
+        let mut headers = Headers::new();
+        for (name, value) in map {
+            match value {
+                Value::String(s) => headers.insert(name.clone(), s.clone()),
+                Value::Number(n) => headers.insert(name.clone(), n.to_string()),
+                Value::Bool(b) => headers.insert(name.clone(), b.to_string()),
+                Value::Null => {}
+                other => {
+                    return Err(format!(
+                        "header {name:?} is a JSON {}, not a string",
+                        json_kind(other)
+                    ));
+                }
+            }
+        }
+        Ok(headers)
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn sanitize(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
+/// Encodes a message body as MessagePack with field names, refusing one over `limit`.
+pub fn encode_body<M: Message>(message: &M, limit: usize) -> Result<Vec<u8>> {
+    let body = rmp_serde::to_vec_named(message).map_err(|source| Error::Encode {
+        message_type: M::NAME.to_owned(),
+        source,
+    })?;
+    if body.len() > limit {
+        return Err(Error::MessageTooLarge {
+            message_type: M::NAME.to_owned(),
+            size: body.len(),
+            limit,
+        });
+    }
+    Ok(body)
+}
+
+/// Decodes a body by its content type; the error text is the reason an operator sees.
+pub fn decode_body<M: Message>(content_type: Option<&str>, body: &[u8]) -> Result<M, String> {
+    match content_type.unwrap_or(CONTENT_TYPE_MSGPACK) {
+        CONTENT_TYPE_MSGPACK => rmp_serde::from_slice(body)
+            .map_err(|e| format!("body does not decode as MessagePack {}: {e}", M::NAME)),
+        CONTENT_TYPE_JSON => serde_json::from_slice(body)
+            .map_err(|e| format!("body does not decode as JSON {}: {e}", M::NAME)),
+        other => Err(format!("unsupported content type {other:?}")),
+    }
+}
+
+/// `time` as RFC 3339 in UTC with millisecond precision, e.g. `2026-12-03T12:00:00.123Z`.
+pub fn format_rfc3339(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs() as i64;
+    let (days, secs_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        secs_of_day / 3600,
+        secs_of_day % 3600 / 60,
+        secs_of_day % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn nul_is_replaced_not_kept() {
+        let mut headers = Headers::new();
+        headers.insert("error_message", "bad\0byte");
+        assert_eq!(headers.get("error_message"), Some("bad\u{FFFD}byte"));
+    }
+
+    #[test]
+    fn headers_must_be_an_object_of_scalars() {
+        assert!(Headers::from_json(&serde_json::json!([1, 2])).is_err());
+        assert!(Headers::from_json(&serde_json::json!({"a": {"b": 1}})).is_err());
+        let headers = Headers::from_json(&serde_json::json!({"a": 1, "b": "x", "c": null}));
+        let headers = headers.unwrap();
+        assert_eq!(headers.get("a"), Some("1"));
+        assert_eq!(headers.get("c"), None);
+    }
+
+    #[test]
+    fn formats_utc_timestamps() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_796_300_000_123);
+        assert_eq!(format_rfc3339(t), "2026-12-03T12:13:20.123Z");
+        assert_eq!(format_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,255 @@
+//! The handler trait and the context a handler runs with.
+//!
+//! A handler gets the decoded message and a [`Context`]: the message's headers, the
+//! receive transaction (through [`Tx`]) for business writes, and send. Everything it does
+//! commits or rolls back with the receive of the message: the host runs each handler in a
+//! savepoint and writes its sends inside that savepoint after it returns.
+
+use std::any::Any;
+use std::future::Future;
+use std::marker::PhantomData;
+
+use futures_util::future::BoxFuture;
+use message::Message;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::envelope::{Headers, decode_body, header};
+use crate::error::Result;
+use crate::executor::Executor;
+use crate::failure::HandlerError;
+use crate::send::{Origin, Outgoing};
+
+/// Handles messages of type `M`.
+///
+/// ```
+/// use message::{Message, MessageKind};
+/// use serde::{Deserialize, Serialize};
+/// use transport_pg::{Context, Handler, HandlerError};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Deposit { account: String, cents: i64 }
+///
+/// impl Message for Deposit {
+///     const NAME: &'static str = "bank.Deposit";
+///     const KIND: MessageKind = MessageKind::Command;
+/// }
+///
+/// struct Ledger;
+///
+/// impl Handler<Deposit> for Ledger {
+///     async fn handle(&self, m: Deposit, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+///         // Rolled back with the receive if anything below fails.
+///         ctx.tx()
+///             .execute(
+///                 "UPDATE bank.accounts SET cents = cents + $2 WHERE id = $1",
+///                 &[&m.account, &m.cents],
+///             )
+///             .await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Handler<M: Message>: Send + Sync + 'static {
+    /// Handles one message inside the receive transaction. An error (or a panic) rolls
+    /// back everything the handler did and counts a failed attempt.
+    fn handle(
+        &self,
+        message: M,
+        ctx: &mut Context<'_>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// The key of the rows this message will lock, if any (a saga's correlation value).
+    /// The host orders each batch by it, so that batches take their locks in one order
+    /// and cannot deadlock each other.
+    fn lock_key(&self, message: &M) -> Option<String> {
+        let _ = message;
+        None
+    }
+}
+
+/// The receive transaction as a handler sees it: statements only, no transaction
+/// control, because the host owns BEGIN, the savepoints and COMMIT. Settings a handler
+/// changes must be `SET LOCAL`, since the connection returns to a pool.
+pub struct Tx<'a> {
+    client: &'a deadpool_postgres::Client,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(client: &'a deadpool_postgres::Client) -> Self {
+        Tx { client }
+    }
+
+    /// Runs a statement, returning the rows affected.
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.client.prepare_cached(sql).await?;
+        self.client.execute(&statement, params).await
+    }
+
+    /// Runs a query, returning every row.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.client.prepare_cached(sql).await?;
+        self.client.query(&statement, params).await
+    }
+
+    /// Runs a query that returns exactly one row.
+    pub async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let statement = self.client.prepare_cached(sql).await?;
+        self.client.query_one(&statement, params).await
+    }
+
+    /// Runs a query that returns at most one row.
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.client.prepare_cached(sql).await?;
+        self.client.query_opt(&statement, params).await
+    }
+}
+
+impl Executor for Tx<'_> {
+    async fn execute_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.execute(sql, params).await
+    }
+}
+
+/// What a handler runs with: the incoming message's headers, the open transaction and
+/// the sends it makes.
+pub struct Context<'a> {
+    tx: Tx<'a>,
+    headers: &'a Headers,
+    message_id: Uuid,
+    origin: &'a Origin,
+    pub(crate) outgoing: Vec<Outgoing>,
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(
+        client: &'a deadpool_postgres::Client,
+        headers: &'a Headers,
+        message_id: Uuid,
+        origin: &'a Origin,
+    ) -> Self {
+        Context {
+            tx: Tx::new(client),
+            headers,
+            message_id,
+            origin,
+            outgoing: Vec::new(),
+        }
+    }
+
+    /// The receive transaction, for business reads and writes.
+    pub fn tx(&self) -> &Tx<'a> {
+        &self.tx
+    }
+
+    /// The incoming message's headers.
+    pub fn headers(&self) -> &Headers {
+        self.headers
+    }
+
+    /// The incoming message's id.
+    pub fn message_id(&self) -> Uuid {
+        self.message_id
+    }
+
+    /// How many times this message has failed before this attempt.
+    pub fn failed_attempts(&self) -> u32 {
+        self.headers.counter(header::FAILED_ATTEMPTS)
+    }
+
+    /// Sends command `message` to the endpoint its route names. The row is written when
+    /// the handler returns, inside its savepoint, and becomes visible at commit.
+    pub fn send<M: Message>(&mut self, message: &M) -> Result<Uuid> {
+        self.push(message, None, "send")
+    }
+
+    /// Sends `message` to `endpoint`, whatever the routing table says.
+    pub fn send_to<M: Message>(&mut self, endpoint: &str, message: &M) -> Result<Uuid> {
+        self.push(message, Some(endpoint), "send")
+    }
+
+    fn push<M: Message>(&mut self, message: &M, to: Option<&str>, intent: &str) -> Result<Uuid> {
+        let outgoing = self.origin.envelope(message, to, intent, Some(self.headers))?;
+        let id = outgoing.message_id;
+        self.outgoing.push(outgoing);
+        Ok(id)
+    }
+}
+
+/// A decoded message waiting for its handler, with its lock key.
+pub(crate) struct Prepared {
+    pub value: Box<dyn Any + Send>,
+    pub lock_key: Option<String>,
+}
+
+/// A handler with its message type erased, so the host can keep one table of them.
+pub(crate) trait ErasedHandler: Send + Sync {
+    /// Decodes the body; the error is the reason recorded in the error queue.
+    fn prepare(&self, content_type: Option<&str>, body: &[u8]) -> Result<Prepared, String>;
+
+    /// Runs the handler on a value [`prepare`](ErasedHandler::prepare) made.
+    fn call<'a>(
+        &'a self,
+        value: Box<dyn Any + Send>,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+pub(crate) struct TypedHandler<M, H> {
+    handler: H,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M, H> TypedHandler<M, H> {
+    pub(crate) fn new(handler: H) -> Self {
+        TypedHandler {
+            handler,
+            _message: PhantomData,
+        }
+    }
+}
+
+impl<M: Message, H: Handler<M>> ErasedHandler for TypedHandler<M, H> {
+    fn prepare(&self, content_type: Option<&str>, body: &[u8]) -> Result<Prepared, String> {
+        let message: M = decode_body(content_type, body)?;
+        let lock_key = self.handler.lock_key(&message);
+        Ok(Prepared {
+            value: Box::new(message),
+            lock_key,
+        })
+    }
+
+    fn call<'a>(
+        &'a self,
+        value: Box<dyn Any + Send>,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        match value.downcast::<M>() {
+            Ok(message) => Box::pin(self.handler.handle(*message, ctx)),
+            Err(_) => Box::pin(async {
+                Err(HandlerError::msg("internal: prepared value of the wrong type").permanent())
+            }),
+        }
+    }
+}

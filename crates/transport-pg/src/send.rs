@@ -1,0 +1,426 @@
+//! Sending: building envelopes, the routing table, and writing rows to destinations.
+//!
+//! A send is an INSERT into the destination's queue table, inside whatever transaction
+//! the caller has open: a handler's receive transaction, a client's own business
+//! transaction, or one the [`Sender`] opens for a single send. Several messages to one
+//! destination are one `unnest` statement. Nothing here creates a queue: a destination
+//! that is not installed is an [`Error::EndpointNotInstalled`] naming it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use deadpool_postgres::Pool;
+use message::{Message, MessageKind};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::connect::Database;
+use crate::envelope::{CONTENT_TYPE_MSGPACK, Headers, encode_body, format_rfc3339, header};
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::name::EndpointName;
+use crate::sql;
+use crate::wakeup::Notifier;
+
+/// The default limit on an encoded body: 4 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Which endpoint owns each command type.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(HashMap<String, EndpointName>);
+
+impl Routes {
+    /// An empty table.
+    pub fn new() -> Self {
+        Routes::default()
+    }
+
+    /// Routes command `M` to `endpoint`. Events are refused: they go to subscribers.
+    pub fn add<M: Message>(&mut self, endpoint: &str) -> Result<()> {
+        if M::KIND == MessageKind::Event {
+            return Err(Error::Config(format!(
+                "{} is an event; events are published to subscribers, not routed",
+                M::NAME
+            )));
+        }
+        self.add_name(M::NAME, endpoint)
+    }
+
+    /// Routes the type named `message_type` to `endpoint`, for tools that know types only
+    /// by name.
+    pub fn add_name(&mut self, message_type: &str, endpoint: &str) -> Result<()> {
+        if !message::is_valid_type_name(message_type) {
+            return Err(Error::InvalidTypeName {
+                name: message_type.to_owned(),
+            });
+        }
+        self.0
+            .insert(message_type.to_owned(), EndpointName::new(endpoint)?);
+        Ok(())
+    }
+
+    /// The endpoint that owns `message_type`.
+    pub fn get(&self, message_type: &str) -> Option<&EndpointName> {
+        self.0.get(message_type)
+    }
+}
+
+/// One message ready to be written: its destination, id, headers and body.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub destination: EndpointName,
+    pub message_id: Uuid,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+/// What every envelope a sender builds has in common.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    /// The endpoint or standalone sender name, for `sending_endpoint`.
+    pub name: String,
+    /// Where replies go; `None` for a standalone sender with no queue.
+    pub reply_to: Option<EndpointName>,
+    pub host: String,
+    pub routes: Routes,
+    pub max_body: usize,
+    /// Headers put on every message, such as a run id.
+    pub extra_headers: Headers,
+}
+
+impl Origin {
+    /// Builds the envelope for `message` to `destination` (or its route), caused by the
+    /// message with `cause` headers when sent from a handler.
+    pub fn envelope<M: Message>(
+        &self,
+        message: &M,
+        destination: Option<&str>,
+        intent: &str,
+        cause: Option<&Headers>,
+    ) -> Result<Outgoing> {
+        let destination = match destination {
+            Some(name) => EndpointName::new(name)?,
+            None => self
+                .routes
+                .get(M::NAME)
+                .cloned()
+                .ok_or_else(|| Error::NoRoute {
+                    message_type: M::NAME.to_owned(),
+                })?,
+        };
+        let body = encode_body(message, self.max_body)?;
+        let message_id = Uuid::new_v4();
+
+        let mut headers = self.extra_headers.clone();
+        if let Some(cause) = cause {
+            inherit(&mut headers, cause);
+        }
+        let id = message_id.to_string();
+        if headers.get(header::CONVERSATION_ID).is_none() {
+            headers.insert(header::CONVERSATION_ID, id.clone());
+        }
+        headers.insert(header::MESSAGE_ID, id);
+        headers.insert(header::MESSAGE_TYPE, M::NAME);
+        headers.insert(header::INTENT, intent);
+        headers.insert(header::CONTENT_TYPE, CONTENT_TYPE_MSGPACK);
+        headers.insert(header::SENDING_ENDPOINT, self.name.clone());
+        headers.insert(header::SENDING_HOST, self.host.clone());
+        headers.insert(header::TIME_SENT, format_rfc3339(SystemTime::now()));
+        if let Some(reply_to) = &self.reply_to {
+            headers.insert(header::REPLY_TO, reply_to.as_str());
+        }
+
+        Ok(Outgoing {
+            destination,
+            message_id,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Copies what flows from a message to the messages its handler sends: the conversation,
+/// the cause, the trace context and every `baggage.` header.
+fn inherit(headers: &mut Headers, cause: &Headers) {
+    for (name, value) in cause.iter() {
+        let flows = name.starts_with(header::BAGGAGE_PREFIX)
+            || name == header::CONVERSATION_ID
+            || name == header::TRACEPARENT
+            || name == header::TRACESTATE;
+        if flows {
+            headers.insert(name, value);
+        }
+    }
+    if let Some(id) = cause.get(header::MESSAGE_ID) {
+        headers.insert(header::RELATED_TO, id);
+    }
+}
+
+/// Writes `messages` with one statement per destination, in first-seen order; returns
+/// the destinations written, for the wake-ups after commit.
+pub(crate) async fn write_outgoing(
+    exec: &impl Executor,
+    messages: &[Outgoing],
+) -> Result<Vec<EndpointName>> {
+    let mut order: Vec<&EndpointName> = Vec::new();
+    let mut groups: HashMap<&EndpointName, Vec<&Outgoing>> = HashMap::new();
+    for message in messages {
+        let group = groups.entry(&message.destination).or_default();
+        if group.is_empty() {
+            order.push(&message.destination);
+        }
+        group.push(message);
+    }
+
+    for destination in &order {
+        let group = &groups[destination];
+        let ids: Vec<Uuid> = group.iter().map(|m| m.message_id).collect();
+        let headers: Vec<serde_json::Value> = group.iter().map(|m| m.headers.to_json()).collect();
+        let bodies: Vec<&[u8]> = group.iter().map(|m| m.body.as_slice()).collect();
+        let statement = sql::queue::insert(&destination.tables().queue);
+        let params: [&(dyn ToSql + Sync); 3] = [&ids, &headers, &bodies];
+
+        exec.execute_cached(&statement, &params)
+            .await
+            .map_err(|source| send_error(destination, source))?;
+    }
+    Ok(order.into_iter().cloned().collect())
+}
+
+/// Maps a failed insert to [`Error::EndpointNotInstalled`] when the table is missing.
+pub(crate) fn send_error(destination: &EndpointName, source: tokio_postgres::Error) -> Error {
+    if source.code().map(|c| c.code()) == Some("42P01") {
+        return Error::EndpointNotInstalled {
+            endpoint: destination.to_string(),
+        };
+    }
+    Error::Database {
+        op: format!("send to {destination}"),
+        source,
+    }
+}
+
+/// A sender with no queue of its own, such as a client or a tool: it holds a routing
+/// table and a pool, and wakes the destinations it wrote to after each commit.
+///
+/// Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct Sender {
+    inner: Arc<SenderInner>,
+}
+
+struct SenderInner {
+    origin: Arc<Origin>,
+    pool: Pool,
+    notifier: Option<Notifier>,
+}
+
+/// Builds a [`Sender`].
+pub struct SenderBuilder {
+    db: Database,
+    name: String,
+    routes: Routes,
+    headers: Headers,
+    max_body: usize,
+    pool_size: usize,
+    wakeups: bool,
+}
+
+impl SenderBuilder {
+    /// Routes command `M` to `endpoint`.
+    pub fn route<M: Message>(mut self, endpoint: &str) -> Result<Self> {
+        self.routes.add::<M>(endpoint)?;
+        Ok(self)
+    }
+
+    /// Puts `name: value` on every message this sender sends.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Refuses bodies over `bytes` (default [`DEFAULT_MAX_BODY_BYTES`]).
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The pool's size (default 4).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Whether to notify destinations after each commit (default on).
+    pub fn wakeups(mut self, on: bool) -> Self {
+        self.wakeups = on;
+        self
+    }
+
+    /// Builds the sender; connections are made on first use.
+    pub fn build(self) -> Result<Sender> {
+        let pool = self.db.pool(&format!("pgbus sender {}", self.name), self.pool_size)?;
+        let notifier = self.wakeups.then(|| Notifier::start(self.db.clone()));
+        Ok(Sender {
+            inner: Arc::new(SenderInner {
+                origin: Arc::new(Origin {
+                    name: self.name,
+                    reply_to: None,
+                    host: crate::host_name(),
+                    routes: self.routes,
+                    max_body: self.max_body,
+                    extra_headers: self.headers,
+                }),
+                pool,
+                notifier,
+            }),
+        })
+    }
+}
+
+impl Sender {
+    /// Starts building a sender that calls itself `name` in `sending_endpoint`.
+    pub fn builder(db: &Database, name: &str) -> SenderBuilder {
+        SenderBuilder {
+            db: db.clone(),
+            name: name.to_owned(),
+            routes: Routes::new(),
+            headers: Headers::new(),
+            max_body: DEFAULT_MAX_BODY_BYTES,
+            pool_size: 4,
+            wakeups: true,
+        }
+    }
+
+    pub(crate) fn from_parts(origin: Arc<Origin>, pool: Pool, notifier: Option<Notifier>) -> Self {
+        Sender {
+            inner: Arc::new(SenderInner {
+                origin,
+                pool,
+                notifier,
+            }),
+        }
+    }
+
+    /// Sends command `message` to its route in a transaction of its own.
+    pub async fn send<M: Message>(&self, message: &M) -> Result<Uuid> {
+        let mut outbox = self.outbox();
+        let id = outbox.send(message)?;
+        self.commit_alone(outbox).await?;
+        Ok(id)
+    }
+
+    /// Sends `message` to `endpoint` in a transaction of its own.
+    pub async fn send_to<M: Message>(&self, endpoint: &str, message: &M) -> Result<Uuid> {
+        let mut outbox = self.outbox();
+        let id = outbox.send_to(endpoint, message)?;
+        self.commit_alone(outbox).await?;
+        Ok(id)
+    }
+
+    /// An empty outbox, for sending inside a transaction of the caller's.
+    pub fn outbox(&self) -> Outbox {
+        Outbox {
+            sender: self.clone(),
+            messages: Vec::new(),
+        }
+    }
+
+    /// The sender's pool, for callers that want their business writes in the same
+    /// transaction as their sends.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    async fn commit_alone(&self, outbox: Outbox) -> Result<()> {
+        let mut client = self.inner.pool.get().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(Error::db("send: begin"))?;
+        outbox.write(&tx).await?;
+        tx.commit().await.map_err(Error::db("send: commit"))?;
+        outbox.committed();
+        Ok(())
+    }
+}
+
+/// Messages collected for one transaction of the caller's: [`write`](Outbox::write)
+/// them inside it, commit, then call [`committed`](Outbox::committed) so that the
+/// destinations are woken.
+///
+/// ```no_run
+/// # async fn example(sender: transport_pg::Sender, msg: impl message::Message)
+/// # -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = sender.pool().get().await?;
+/// let tx = client.transaction().await?;
+/// tx.execute("INSERT INTO retail.placed (order_id) VALUES ($1)", &[&"o-1"]).await?;
+/// let mut outbox = sender.outbox();
+/// outbox.send(&msg)?;
+/// outbox.write(&tx).await?;
+/// tx.commit().await?;
+/// outbox.committed();
+/// # Ok(()) }
+/// ```
+pub struct Outbox {
+    sender: Sender,
+    messages: Vec<Outgoing>,
+}
+
+impl Outbox {
+    /// Adds command `message`, to its route.
+    pub fn send<M: Message>(&mut self, message: &M) -> Result<Uuid> {
+        self.push(message, None, Headers::new())
+    }
+
+    /// Adds `message` for `endpoint`.
+    pub fn send_to<M: Message>(&mut self, endpoint: &str, message: &M) -> Result<Uuid> {
+        self.push(message, Some(endpoint), Headers::new())
+    }
+
+    /// Adds `message` for `endpoint` (or its route) with extra headers.
+    pub fn send_with<M: Message>(
+        &mut self,
+        endpoint: Option<&str>,
+        message: &M,
+        headers: Headers,
+    ) -> Result<Uuid> {
+        self.push(message, endpoint, headers)
+    }
+
+    fn push<M: Message>(&mut self, message: &M, to: Option<&str>, extra: Headers) -> Result<Uuid> {
+        let mut outgoing = self.sender.inner.origin.envelope(message, to, "send", None)?;
+        for (name, value) in extra.iter() {
+            outgoing.headers.insert(name, value);
+        }
+        let id = outgoing.message_id;
+        self.messages.push(outgoing);
+        Ok(id)
+    }
+
+    /// How many messages are in it.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Writes every message inside the caller's open transaction.
+    pub async fn write(&self, exec: &impl Executor) -> Result<()> {
+        write_outgoing(exec, &self.messages).await?;
+        Ok(())
+    }
+
+    /// Tells the sender the transaction committed, so it wakes the destinations.
+    pub fn committed(self) {
+        if let Some(notifier) = &self.sender.inner.notifier {
+            for message in &self.messages {
+                notifier.mark(&message.destination);
+            }
+        }
+    }
+}

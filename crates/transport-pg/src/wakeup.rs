@@ -1,0 +1,255 @@
+//! Wake-ups: the post-commit [`Notifier`] and the per-process [`WakeupListener`].
+//!
+//! A sender never calls `pg_notify` inside its business transaction: a transaction that
+//! has notified takes a cluster-wide lock while it commits, so notifying commits queue up
+//! behind each other's WAL flush. Instead, after a commit the sender marks the
+//! destinations it wrote to, and one notifier task per process sends the notifications on
+//! its own connection with `synchronous_commit = off`, each destination at most once per
+//! [`COALESCE_INTERVAL`]: the first mark at once, later marks inside the interval folded
+//! into one at its end.
+//!
+//! A notification can be lost (a crash between commit and notify, a listener reconnect);
+//! receivers still poll with a bounded back-off, so a lost one costs latency, never a
+//! message.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::connect::Database;
+use crate::name::EndpointName;
+
+/// The shortest gap between two notifications to one destination.
+pub const COALESCE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Payload of a notification about a delayed-table insert, for the due-message mover.
+pub const DELAYED_PAYLOAD: &str = "delayed";
+
+/// The channel an endpoint listens on.
+pub fn channel(endpoint: &EndpointName) -> String {
+    format!("pgbus_{endpoint}")
+}
+
+/// Marks destinations to wake after a commit; one background task sends the
+/// notifications. Cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    shared: Arc<NotifierShared>,
+}
+
+struct NotifierShared {
+    // Written by every committing task, drained by the notifier task.
+    pending: Mutex<BTreeSet<(String, &'static str)>>,
+    wake: Notify,
+}
+
+impl Notifier {
+    /// Starts the notifier task for this process; it makes its own connection.
+    pub fn start(db: Database) -> Notifier {
+        let shared = Arc::new(NotifierShared {
+            pending: Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+        });
+        tokio::spawn(run_notifier(db, Arc::downgrade(&shared)));
+        Notifier { shared }
+    }
+
+    /// Marks `destination`'s queue as written to.
+    pub fn mark(&self, destination: &EndpointName) {
+        self.mark_with(destination, "");
+    }
+
+    /// Marks `destination`'s delayed table as written to.
+    pub fn mark_delayed(&self, destination: &EndpointName) {
+        self.mark_with(destination, DELAYED_PAYLOAD);
+    }
+
+    fn mark_with(&self, destination: &EndpointName, payload: &'static str) {
+        let mut pending = self.shared.pending.lock().expect("notifier lock poisoned");
+        pending.insert((channel(destination), payload));
+        drop(pending);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Sends pending notifications until every [`Notifier`] handle is dropped.
+async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut last_sent: BTreeMap<(String, &'static str), Instant> = BTreeMap::new();
+    let mut held: BTreeSet<(String, &'static str)> = BTreeSet::new();
+
+    loop {
+        let Some(shared) = shared.upgrade() else { return };
+
+        // Sleep until marked, or until the earliest held notification is due.
+        let next_due = held
+            .iter()
+            .filter_map(|key| last_sent.get(key).map(|t| *t + COALESCE_INTERVAL))
+            .min();
+        {
+            let notified = shared.wake.notified();
+            let empty = shared.pending.lock().expect("notifier lock poisoned").is_empty();
+            if empty {
+                // Without a due time, wake now and then to notice every handle is gone.
+                let until = next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+                let _ = tokio::time::timeout_at(until, notified).await;
+            }
+        }
+        let marked = std::mem::take(&mut *shared.pending.lock().expect("notifier lock poisoned"));
+        drop(shared);
+        held.extend(marked);
+
+        let now = Instant::now();
+        let ready: Vec<(String, &'static str)> = held
+            .iter()
+            .filter(|key| last_sent.get(*key).is_none_or(|t| now >= *t + COALESCE_INTERVAL))
+            .cloned()
+            .collect();
+        if ready.is_empty() {
+            continue;
+        }
+
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect_notifier(&db).await;
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        let channels: Vec<&str> = ready.iter().map(|(c, _)| c.as_str()).collect();
+        let payloads: Vec<&str> = ready.iter().map(|(_, p)| *p).collect();
+        let sent = client
+            .as_ref()
+            .expect("connected above")
+            .execute(
+                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS u(c, p)",
+                &[&channels, &payloads],
+            )
+            .await;
+        match sent {
+            Ok(_) => {
+                for key in ready {
+                    held.remove(&key);
+                    last_sent.insert(key, now);
+                }
+                // Forget destinations idle for a while, so the map stays small.
+                last_sent.retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
+            }
+            Err(error) => {
+                debug!(%error, "notify failed; will reconnect");
+                client = None;
+            }
+        }
+    }
+}
+
+async fn connect_notifier(db: &Database) -> Option<tokio_postgres::Client> {
+    match db.connect("notifier").await {
+        Ok(client) => {
+            // A notification is a hint; losing one in a crash costs latency only, so its
+            // tiny transactions need not wait for the WAL flush.
+            match client.batch_execute("SET synchronous_commit = off").await {
+                Ok(()) => Some(client),
+                Err(error) => {
+                    debug!(%error, "notifier set-up failed");
+                    None
+                }
+            }
+        }
+        Err(error) => {
+            debug!(error = %crate::error::chain(&error), "notifier cannot connect");
+            None
+        }
+    }
+}
+
+/// What a listener tells the receivers and the mover of its endpoint.
+#[derive(Clone)]
+pub struct Wakeups {
+    /// Bumped for each notification about the queue (and after each reconnect).
+    pub queue: watch::Receiver<u64>,
+    /// Bumped for each notification about the delayed table (and after each reconnect).
+    pub delayed: watch::Receiver<u64>,
+}
+
+/// Keeps one dedicated connection listening on the endpoint's channel and reconnects
+/// when it is lost; after each (re)connect it wakes everyone for a full receive.
+pub struct WakeupListener;
+
+impl WakeupListener {
+    /// Starts listening for `endpoint`; returns the receivers to wait on. The task ends
+    /// when `stop` turns true.
+    pub fn start(db: Database, endpoint: EndpointName, stop: watch::Receiver<bool>) -> Wakeups {
+        let (queue_tx, queue) = watch::channel(0u64);
+        let (delayed_tx, delayed) = watch::channel(0u64);
+        tokio::spawn(run_listener(db, endpoint, queue_tx, delayed_tx, stop));
+        Wakeups { queue, delayed }
+    }
+}
+
+async fn run_listener(
+    db: Database,
+    endpoint: EndpointName,
+    queue: watch::Sender<u64>,
+    delayed: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let channel = channel(&endpoint);
+    let mut backoff = Duration::from_millis(100);
+    let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+
+    while !*stop.borrow() {
+        let connected = db.connect_with_stream("listener").await;
+        let (client, mut messages) = match connected {
+            Ok(pair) => pair,
+            Err(error) => {
+                debug!(endpoint = %endpoint, error = %crate::error::chain(&error),
+                    "listener cannot connect; receivers poll meanwhile");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+
+        // The channel is derived from a validated endpoint name, so it needs no quoting
+        // beyond the double quotes.
+        let listen = format!("LISTEN \"{channel}\"");
+        if let Err(error) = client.batch_execute(&listen).await {
+            warn!(endpoint = %endpoint, %error, "LISTEN failed");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        debug!(endpoint = %endpoint, channel, "listening for wake-ups");
+
+        // Anything sent while we were not listening was missed: receive everything.
+        bump(&queue);
+        bump(&delayed);
+
+        loop {
+            tokio::select! {
+                notification = messages.recv() => match notification {
+                    Some(n) if n.payload() == DELAYED_PAYLOAD => bump(&delayed),
+                    Some(_) => bump(&queue),
+                    None => {
+                        debug!(endpoint = %endpoint, "listener connection lost; reconnecting");
+                        break;
+                    }
+                },
+                _ = stop.changed() => {
+                    if *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+        drop(client);
+    }
+}
