@@ -110,3 +110,8 @@ pub(crate) fn host_name() -> String {
         })
         .unwrap_or_else(|| "unknown".to_owned())
 }
+
+/// The driver, re-exported so that binaries and tests use the same version.
+pub use deadpool_postgres;
+/// The driver, re-exported so that binaries and tests use the same version.
+pub use tokio_postgres;

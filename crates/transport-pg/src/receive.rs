@@ -164,6 +164,7 @@ impl Pump {
         let mut position = 0i64;
         let mut last_reset = Instant::now();
         let mut error_backoff = Duration::from_millis(100);
+        let mut wake_closed = false;
 
         while !*stop.borrow() {
             // Marks the current wake-up as seen, so one arriving during the receive below
@@ -205,14 +206,21 @@ impl Pump {
                 }
             }
 
+            let woken = async {
+                if wake_closed {
+                    std::future::pending::<bool>().await
+                } else {
+                    wake.changed().await.is_ok()
+                }
+            };
             tokio::select! {
-                changed = wake.changed() => {
-                    if changed.is_ok() {
+                open = woken => {
+                    if open {
                         position = 0;
                         idle = min_idle;
                     } else {
-                        // The listener is gone (wake-ups off): poll only.
-                        tokio::time::sleep(idle).await;
+                        // The listener has stopped (shutdown): poll until told to stop.
+                        wake_closed = true;
                     }
                 }
                 _ = tokio::time::sleep(idle) => {

@@ -1,0 +1,107 @@
+//! `example-endpoint`: runs the example endpoint until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use example_endpoint::{SCHEMA_SQL, Work, WorkHandler};
+use transport_pg::{Database, EndpointBuilder, Shutdown, error_chain};
+
+/// An endpoint that records the work it is given in example.handled.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// PostgreSQL connection string.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+
+    /// Endpoint name (its queue is bus.<name>_queue).
+    #[arg(long, env = "EXAMPLE_NAME", default_value = "example")]
+    name: String,
+
+    /// Worker tasks.
+    #[arg(long, env = "EXAMPLE_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
+
+    /// Messages per transaction (1 to 50).
+    #[arg(long, env = "EXAMPLE_BATCH_SIZE", default_value_t = 1)]
+    batch_size: usize,
+
+    /// Attempts before a failing message goes to the error queue.
+    #[arg(long, env = "EXAMPLE_MAX_ATTEMPTS", default_value_t = 5)]
+    max_attempts: u32,
+
+    /// Milliseconds in-flight handlers get to finish after SIGTERM.
+    #[arg(long, env = "EXAMPLE_GRACE_MS", default_value_t = 10_000)]
+    grace_ms: u64,
+
+    /// Poll only; do not LISTEN for wake-ups.
+    #[arg(long, env = "EXAMPLE_NO_WAKEUPS")]
+    no_wakeups: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let args = Args::parse();
+    match run(args).await {
+        Ok(Shutdown::Clean) => ExitCode::SUCCESS,
+        Ok(Shutdown::TimedOut) => ExitCode::from(3),
+        Err(error) => {
+            eprintln!("example-endpoint: {}", error_chain(&*error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<Shutdown, Box<dyn std::error::Error>> {
+    let db = Database::from_url(&args.database_url)?;
+    create_business_tables(&db).await?;
+
+    let endpoint = EndpointBuilder::new(&args.name, db)
+        .handler::<Work, _>(WorkHandler {
+            endpoint: args.name.clone(),
+        })
+        .concurrency(args.concurrency)
+        .batch_size(args.batch_size)
+        .max_attempts(args.max_attempts)
+        .wakeups(!args.no_wakeups)
+        .start()
+        .await?;
+    Ok(endpoint
+        .run_until_signal(Duration::from_millis(args.grace_ms))
+        .await?)
+}
+
+/// Creates example.handled; the advisory lock keeps instances starting together from
+/// racing on CREATE ... IF NOT EXISTS, which is not safe under concurrency.
+async fn create_business_tables(db: &Database) -> Result<(), transport_pg::Error> {
+    let mut client = db.connect("example schema").await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|source| db_error("begin", source))?;
+    tx.batch_execute("SELECT pg_advisory_xact_lock(7305010)")
+        .await
+        .map_err(|source| db_error("lock", source))?;
+    tx.batch_execute(SCHEMA_SQL)
+        .await
+        .map_err(|source| db_error("create example.handled", source))?;
+    tx.commit()
+        .await
+        .map_err(|source| db_error("commit", source))
+}
+
+fn db_error(op: &str, source: transport_pg::tokio_postgres::Error) -> transport_pg::Error {
+    transport_pg::Error::Database {
+        op: op.to_owned(),
+        source,
+    }
+}
