@@ -64,8 +64,13 @@ pub mod header {
     pub const BAGGAGE_PREFIX: &str = "baggage.";
 
     /// The headers describing a failure, removed again when a message is retried.
-    pub const FAILURE_HEADERS: [&str; 5] =
-        [ERROR_KIND, ERROR_MESSAGE, ERROR_SOURCE, FAILED_QUEUE, FAILED_AT];
+    pub const FAILURE_HEADERS: [&str; 5] = [
+        ERROR_KIND,
+        ERROR_MESSAGE,
+        ERROR_SOURCE,
+        FAILED_QUEUE,
+        FAILED_AT,
+    ];
 }
 
 /// MessagePack with field names, the default body encoding.
@@ -106,7 +111,9 @@ impl Headers {
 
     /// A counter header read as a number; absent or unreadable counts as zero.
     pub fn counter(&self, name: &str) -> u32 {
-        self.get(name).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        self.get(name)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// The map as a jsonb-ready JSON object.
@@ -124,7 +131,10 @@ impl Headers {
     /// are dropped; anything else is refused with a reason.
     pub fn from_json(value: &Value) -> Result<Headers, String> {
         let Value::Object(map) = value else {
-            return Err(format!("headers are a JSON {}, not an object", json_kind(value)));
+            return Err(format!(
+                "headers are a JSON {}, not an object",
+                json_kind(value)
+            ));
         };
 
         let mut headers = Headers::new();

@@ -70,7 +70,10 @@ impl HandlerError {
         self.location.as_deref()
     }
 
-    pub(crate) fn from_panic(payload: &(dyn std::any::Any + Send), location: Option<String>) -> Self {
+    pub(crate) fn from_panic(
+        payload: &(dyn std::any::Any + Send),
+        location: Option<String>,
+    ) -> Self {
         let message = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
@@ -92,7 +95,12 @@ impl HandlerError {
 
     /// A stable hash of what identifies this cause for messages of `message_type`.
     pub fn fingerprint(&self, message_type: &str) -> String {
-        fingerprint(message_type, &self.kind, &self.message, self.location.as_deref())
+        fingerprint(
+            message_type,
+            &self.kind,
+            &self.message,
+            self.location.as_deref(),
+        )
     }
 }
 
@@ -147,7 +155,12 @@ fn kind_of<E: fmt::Debug>(error: &E) -> String {
 
 /// Hashes the message type, the error kind, the message with every run of digits and
 /// every hex id replaced by `#`, and the panic location (FNV-1a, 64 bits, hex).
-pub fn fingerprint(message_type: &str, kind: &str, message: &str, location: Option<&str>) -> String {
+pub fn fingerprint(
+    message_type: &str,
+    kind: &str,
+    message: &str,
+    location: Option<&str>,
+) -> String {
     let normalized = normalize(message);
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in [message_type, kind, &normalized, location.unwrap_or("")] {
@@ -222,15 +235,29 @@ mod tests {
     #[test]
     fn kind_names_the_enum_variant() {
         let e = HandlerError::from(ProviderError::Declined("o-1".into()));
-        assert!(e.kind().ends_with("ProviderError::Declined"), "{}", e.kind());
+        assert!(
+            e.kind().ends_with("ProviderError::Declined"),
+            "{}",
+            e.kind()
+        );
         let e = HandlerError::from(ProviderError::Timeout);
         assert!(e.kind().ends_with("ProviderError::Timeout"), "{}", e.kind());
     }
 
     #[test]
     fn ids_and_numbers_do_not_split_a_cause() {
-        let a = fingerprint("t.A", "k", "order 7f3c9a1e-0000-4000-8000-000000000001 took 12 ms", None);
-        let b = fingerprint("t.A", "k", "order 1b2c3d4e-1111-4111-8111-111111111111 took 900 ms", None);
+        let a = fingerprint(
+            "t.A",
+            "k",
+            "order 7f3c9a1e-0000-4000-8000-000000000001 took 12 ms",
+            None,
+        );
+        let b = fingerprint(
+            "t.A",
+            "k",
+            "order 1b2c3d4e-1111-4111-8111-111111111111 took 900 ms",
+            None,
+        );
         assert_eq!(a, b);
         let c = fingerprint("t.A", "k", "order 7 was declined", None);
         assert_ne!(a, c);

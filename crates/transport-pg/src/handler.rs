@@ -190,7 +190,9 @@ impl<'a> Context<'a> {
     }
 
     fn push<M: Message>(&mut self, message: &M, to: Option<&str>, intent: &str) -> Result<Uuid> {
-        let outgoing = self.origin.envelope(message, to, intent, Some(self.headers))?;
+        let outgoing = self
+            .origin
+            .envelope(message, to, intent, Some(self.headers))?;
         let id = outgoing.message_id;
         self.outgoing.push(outgoing);
         Ok(id)

@@ -89,8 +89,10 @@ impl EndpointBuilder {
             )));
             return self;
         }
-        self.handlers
-            .insert(M::NAME.to_owned(), Arc::new(TypedHandler::<M, H>::new(handler)));
+        self.handlers.insert(
+            M::NAME.to_owned(),
+            Arc::new(TypedHandler::<M, H>::new(handler)),
+        );
         self
     }
 

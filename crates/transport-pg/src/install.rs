@@ -44,7 +44,9 @@ pub async fn install_endpoint(client: &mut Client, name: &EndpointName) -> Resul
 
     // Another instance may have finished while we waited for the lock.
     if is_current(&tx, name).await? {
-        tx.rollback().await.map_err(Error::db("install: rollback"))?;
+        tx.rollback()
+            .await
+            .map_err(Error::db("install: rollback"))?;
         return Ok(InstallOutcome::AlreadyInstalled);
     }
 
@@ -63,7 +65,10 @@ pub async fn install_endpoint(client: &mut Client, name: &EndpointName) -> Resul
     Ok(InstallOutcome::Installed)
 }
 
-async fn is_current(client: &impl tokio_postgres::GenericClient, name: &EndpointName) -> Result<bool> {
+async fn is_current(
+    client: &impl tokio_postgres::GenericClient,
+    name: &EndpointName,
+) -> Result<bool> {
     let tables = name.tables();
     let row = client
         .query_one(

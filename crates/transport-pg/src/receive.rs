@@ -338,7 +338,12 @@ impl Pump {
         let mut headers = match Headers::from_json(&received.raw_headers) {
             Ok(headers) => headers,
             Err(reason) => {
-                return poison(None, None, "unreadable_headers", format!("unreadable headers: {reason}"));
+                return poison(
+                    None,
+                    None,
+                    "unreadable_headers",
+                    format!("unreadable headers: {reason}"),
+                );
             }
         };
         if headers.get(header::MESSAGE_ID).is_none() {
@@ -362,7 +367,12 @@ impl Pump {
                 handler,
                 prepared,
             },
-            Err(reason) => poison(Some(headers), Some(message_type), "undecodable_body", reason),
+            Err(reason) => poison(
+                Some(headers),
+                Some(message_type),
+                "undecodable_body",
+                reason,
+            ),
         }
     }
 
@@ -396,7 +406,9 @@ impl Pump {
         // it did rolls back to the savepoint, and the message goes back in this same
         // transaction with its counter raised.
         let outcome = match result {
-            Ok(Ok(())) => write_outgoing(client, &outgoing).await.map_err(HandlerError::from),
+            Ok(Ok(())) => write_outgoing(client, &outgoing)
+                .await
+                .map_err(HandlerError::from),
             Ok(Err(failure)) => Err(failure),
             Err(payload) => Err(HandlerError::from_panic(&*payload, panic_location::take())),
         };

@@ -260,7 +260,9 @@ impl SenderBuilder {
 
     /// Builds the sender; connections are made on first use.
     pub fn build(self) -> Result<Sender> {
-        let pool = self.db.pool(&format!("pgbus sender {}", self.name), self.pool_size)?;
+        let pool = self
+            .db
+            .pool(&format!("pgbus sender {}", self.name), self.pool_size)?;
         let notifier = self.wakeups.then(|| Notifier::start(self.db.clone()));
         Ok(Sender {
             inner: Arc::new(SenderInner {
@@ -390,7 +392,11 @@ impl Outbox {
     }
 
     fn push<M: Message>(&mut self, message: &M, to: Option<&str>, extra: Headers) -> Result<Uuid> {
-        let mut outgoing = self.sender.inner.origin.envelope(message, to, "send", None)?;
+        let mut outgoing = self
+            .sender
+            .inner
+            .origin
+            .envelope(message, to, "send", None)?;
         for (name, value) in extra.iter() {
             outgoing.headers.insert(name, value);
         }

@@ -83,7 +83,9 @@ async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>) {
     let mut held: BTreeSet<(String, &'static str)> = BTreeSet::new();
 
     loop {
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
 
         // Sleep until marked, or until the earliest held notification is due.
         let next_due = held
@@ -92,7 +94,11 @@ async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>) {
             .min();
         {
             let notified = shared.wake.notified();
-            let empty = shared.pending.lock().expect("notifier lock poisoned").is_empty();
+            let empty = shared
+                .pending
+                .lock()
+                .expect("notifier lock poisoned")
+                .is_empty();
             if empty {
                 // Without a due time, wake now and then to notice every handle is gone.
                 let until = next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -106,7 +112,11 @@ async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>) {
         let now = Instant::now();
         let ready: Vec<(String, &'static str)> = held
             .iter()
-            .filter(|key| last_sent.get(*key).is_none_or(|t| now >= *t + COALESCE_INTERVAL))
+            .filter(|key| {
+                last_sent
+                    .get(*key)
+                    .is_none_or(|t| now >= *t + COALESCE_INTERVAL)
+            })
             .cloned()
             .collect();
         if ready.is_empty() {

@@ -1,0 +1,143 @@
+//! Message types and handlers the transport tests share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use message::{Message, MessageKind};
+use serde::{Deserialize, Serialize};
+use tests::TestDb;
+use transport_pg::{Context, Database, Endpoint, EndpointBuilder, Handler, HandlerError, Sender};
+
+/// A command the test handlers receive.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    pub text: String,
+    /// What the handler should do with it.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+impl Message for Note {
+    const NAME: &'static str = "test.Note";
+    const KIND: MessageKind = MessageKind::Command;
+}
+
+/// How [`Recorder`] treats a [`Note`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Record it.
+    #[default]
+    Record,
+    /// Record it, send a copy to `sink`, then fail on the first attempt only.
+    FailFirst,
+    /// Record it, send to `sink`, then panic on the first attempt only.
+    PanicFirst,
+    /// Record it, then run bad SQL, ignore the error and return Ok.
+    SwallowError,
+    /// Record it, then send to an endpoint that does not exist.
+    SendToGhost,
+    /// Fail every time.
+    AlwaysFail,
+}
+
+/// The business table of the test handlers: no unique index, so duplicates would show.
+pub const RECORDS_SQL: &str = "\
+CREATE TABLE IF NOT EXISTS public.records (
+    message_id      uuid    NOT NULL,
+    text            text    NOT NULL,
+    failed_attempts integer NOT NULL,
+    headers         jsonb   NOT NULL
+)";
+
+/// Records each note in `public.records`, then does what its mode says.
+pub struct Recorder {
+    pub calls: Arc<AtomicU32>,
+}
+
+impl Handler<Note> for Recorder {
+    async fn handle(&self, note: Note, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let headers = serde_json::to_value(
+            ctx.headers()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+        .expect("headers to json");
+        let attempts = ctx.failed_attempts() as i32;
+        ctx.tx()
+            .execute(
+                "INSERT INTO public.records (message_id, text, failed_attempts, headers) \
+                 VALUES ($1, $2, $3, $4)",
+                &[&ctx.message_id(), &note.text, &attempts, &headers],
+            )
+            .await?;
+
+        let first = ctx.failed_attempts() == 0;
+        match note.mode {
+            Mode::Record => {}
+            Mode::FailFirst => {
+                ctx.send_to("sink", &note)?;
+                if first {
+                    return Err(HandlerError::msg("failing the first attempt on purpose"));
+                }
+            }
+            Mode::PanicFirst => {
+                ctx.send_to("sink", &note)?;
+                if first {
+                    panic!("panicking on the first attempt on purpose");
+                }
+            }
+            Mode::SwallowError => {
+                let _ignored = ctx.tx().execute("SELECT * FROM no_such_table", &[]).await;
+            }
+            Mode::SendToGhost => {
+                ctx.send_to("ghost", &note)?;
+            }
+            Mode::AlwaysFail => return Err(HandlerError::msg("always failing")),
+        }
+        Ok(())
+    }
+}
+
+/// Creates `public.records` in `db`.
+pub async fn create_records(db: &TestDb) {
+    db.client()
+        .await
+        .batch_execute(RECORDS_SQL)
+        .await
+        .expect("create records table");
+}
+
+/// Starts endpoint `name` with a [`Recorder`]; `configure` adjusts the builder.
+pub async fn start_recorder(
+    db: &Database,
+    name: &str,
+    calls: Arc<AtomicU32>,
+    configure: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
+) -> Endpoint {
+    let builder = EndpointBuilder::new(name, db.clone())
+        .handler::<Note, _>(Recorder { calls })
+        .idle_poll_max(Duration::from_millis(200));
+    configure(builder).start().await.expect("endpoint starts")
+}
+
+/// Installs endpoint `name` with no handlers and no workers running for long: it is
+/// started and shut down at once, leaving its tables behind.
+pub async fn install_only(db: &Database, name: &str) {
+    let endpoint = EndpointBuilder::new(name, db.clone())
+        .start()
+        .await
+        .expect("install endpoint");
+    endpoint.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A sender routing [`Note`] to `to`.
+pub fn sender(db: &Database, to: &str) -> Sender {
+    Sender::builder(db, "test-client")
+        .route::<Note>(to)
+        .expect("route")
+        .build()
+        .expect("sender")
+}

@@ -1,0 +1,7 @@
+//! The end-to-end suite: one test binary, a module per area, a real PostgreSQL.
+
+mod fixtures;
+mod install;
+mod process;
+mod receive;
+mod send;
