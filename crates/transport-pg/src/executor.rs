@@ -6,56 +6,81 @@
 
 use std::future::Future;
 
+use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
 
-/// Runs one statement with bind parameters, returning the rows affected.
+/// Prepares and runs statements with bind parameters.
 pub trait Executor: Sync {
-    /// Executes `sql`, from a per-connection statement cache where there is one.
+    /// Prepares `sql`, from a per-connection statement cache where there is one.
+    fn prepare_statement(
+        &self,
+        sql: &str,
+    ) -> impl Future<Output = Result<Statement, tokio_postgres::Error>> + Send;
+
+    /// Runs a prepared statement, returning the rows affected. The request is sent when
+    /// the future is first polled, so several of these polled together are pipelined.
+    fn execute_statement(
+        &self,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send;
+
+    /// Prepares (or finds) `sql` and runs it.
     fn execute_cached(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send;
-}
-
-impl Executor for deadpool_postgres::Client {
-    async fn execute_cached(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error> {
-        let statement = self.prepare_cached(sql).await?;
-        self.execute(&statement, params).await
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
+        async move {
+            let statement = self.prepare_statement(sql).await?;
+            self.execute_statement(&statement, params).await
+        }
     }
 }
 
-impl Executor for deadpool_postgres::Transaction<'_> {
-    async fn execute_cached(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error> {
-        let statement = self.prepare_cached(sql).await?;
-        self.execute(&statement, params).await
-    }
+macro_rules! cached_executor {
+    ($ty:ty) => {
+        impl Executor for $ty {
+            async fn prepare_statement(
+                &self,
+                sql: &str,
+            ) -> Result<Statement, tokio_postgres::Error> {
+                self.prepare_cached(sql).await
+            }
+
+            fn execute_statement(
+                &self,
+                statement: &Statement,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
+                self.execute(statement, params)
+            }
+        }
+    };
 }
 
-impl Executor for tokio_postgres::Client {
-    async fn execute_cached(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error> {
-        self.execute(sql, params).await
-    }
+macro_rules! plain_executor {
+    ($ty:ty) => {
+        impl Executor for $ty {
+            async fn prepare_statement(
+                &self,
+                sql: &str,
+            ) -> Result<Statement, tokio_postgres::Error> {
+                self.prepare(sql).await
+            }
+
+            fn execute_statement(
+                &self,
+                statement: &Statement,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
+                self.execute(statement, params)
+            }
+        }
+    };
 }
 
-impl Executor for tokio_postgres::Transaction<'_> {
-    async fn execute_cached(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error> {
-        self.execute(sql, params).await
-    }
-}
+cached_executor!(deadpool_postgres::Client);
+cached_executor!(deadpool_postgres::Transaction<'_>);
+plain_executor!(tokio_postgres::Client);
+plain_executor!(tokio_postgres::Transaction<'_>);

@@ -8,18 +8,19 @@
 use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use message::Message;
-use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 use uuid::Uuid;
 
 use crate::envelope::{Headers, decode_body, header};
 use crate::error::Result;
 use crate::executor::Executor;
 use crate::failure::HandlerError;
-use crate::send::{Origin, Outgoing};
+use crate::send::{Delivery, Origin, Outgoing};
 
 /// Handles messages of type `M`.
 ///
@@ -123,12 +124,16 @@ impl<'a> Tx<'a> {
 }
 
 impl Executor for Tx<'_> {
-    async fn execute_cached(
+    async fn prepare_statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        self.client.prepare_cached(sql).await
+    }
+
+    fn execute_statement(
         &self,
-        sql: &str,
+        statement: &Statement,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error> {
-        self.execute(sql, params).await
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
+        self.client.execute(statement, params)
     }
 }
 
@@ -189,10 +194,42 @@ impl<'a> Context<'a> {
         self.push(message, Some(endpoint), "send")
     }
 
+    /// Sends `message` to `endpoint` (or, when `None`, its route), to be delivered after
+    /// `delay` by the database's clock. It waits in the destination's delayed table.
+    pub fn defer<M: Message>(
+        &mut self,
+        endpoint: Option<&str>,
+        delay: Duration,
+        message: &M,
+    ) -> Result<Uuid> {
+        self.push_with(message, endpoint, "send", Delivery::After(delay))
+    }
+
+    /// Sends `message` to `endpoint` (or its route), to be delivered at `at`.
+    pub fn defer_until<M: Message>(
+        &mut self,
+        endpoint: Option<&str>,
+        at: SystemTime,
+        message: &M,
+    ) -> Result<Uuid> {
+        self.push_with(message, endpoint, "send", Delivery::At(at))
+    }
+
     fn push<M: Message>(&mut self, message: &M, to: Option<&str>, intent: &str) -> Result<Uuid> {
-        let outgoing = self
+        self.push_with(message, to, intent, Delivery::Now)
+    }
+
+    fn push_with<M: Message>(
+        &mut self,
+        message: &M,
+        to: Option<&str>,
+        intent: &str,
+        delivery: Delivery,
+    ) -> Result<Uuid> {
+        let mut outgoing = self
             .origin
             .envelope(message, to, intent, Some(self.headers))?;
+        outgoing.delivery = delivery;
         let id = outgoing.message_id;
         self.outgoing.push(outgoing);
         Ok(id)

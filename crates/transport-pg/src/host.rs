@@ -16,13 +16,14 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::connect::Database;
+use crate::delayed::DueMessageMover;
 use crate::envelope::Headers;
 use crate::error::{Error, Result};
 use crate::handler::{ErasedHandler, Handler, TypedHandler};
 use crate::install::install_endpoint;
 use crate::migrate::{bus_migrations, migrate};
 use crate::name::EndpointName;
-use crate::receive::{Pump, PumpConfig};
+use crate::receive::{CarefulMode, Pump, PumpConfig};
 use crate::send::{DEFAULT_MAX_BODY_BYTES, Origin, Routes, Sender};
 use crate::sql::QueueStatements;
 use crate::wakeup::{Notifier, WakeupListener};
@@ -163,10 +164,11 @@ impl EndpointBuilder {
         install_endpoint(&mut client, &name).await?;
         drop(client);
 
-        // One connection per worker, and two spare for sends from outside handlers.
+        // One connection per worker, one for the mover, and two spare for sends from
+        // outside handlers.
         let pool = self
             .db
-            .pool(&format!("pgbus {name}"), self.config.concurrency + 2)?;
+            .pool(&format!("pgbus {name}"), self.config.concurrency + 3)?;
         let notifier = self.wakeups.then(|| Notifier::start(self.db.clone()));
         let (stop_tx, stop) = watch::channel(false);
         let wakeups = self
@@ -183,24 +185,44 @@ impl EndpointBuilder {
         });
         let sender = Sender::from_parts(origin.clone(), pool.clone(), notifier.clone());
 
+        let statements = Arc::new(QueueStatements::new(&name.tables()));
         let pump = Arc::new(Pump {
-            statements: QueueStatements::new(&name.tables()),
+            statements: statements.clone(),
             endpoint: name.clone(),
             pool,
             handlers: self.handlers,
             origin,
             notifier,
             config: self.config.clone(),
+            careful: CarefulMode::new(),
+            claim_class: claim_class(&name),
         });
 
         // Without a listener the wake channel never changes, and workers poll.
         let (_never_tx, never) = watch::channel(0u64);
-        let wake = wakeups.map_or(never, |w| w.queue);
+        let (wake, wake_delayed) = match wakeups {
+            Some(w) => (w.queue, w.delayed),
+            None => (never.clone(), never),
+        };
         let mut workers = JoinSet::new();
+        let mover = DueMessageMover {
+            endpoint: name.clone(),
+            pool: pump.pool.clone(),
+            statements,
+            notifier: pump.notifier.clone(),
+            // With wake-ups on, a lost notification is rare; without, this is the poll.
+            max_sleep: if self.wakeups {
+                Duration::from_secs(5)
+            } else {
+                self.config.idle_poll_max
+            },
+        };
+        workers.spawn(mover.run(wake_delayed, stop.clone()));
         for worker in 0..self.config.concurrency {
             workers.spawn(pump.clone().run_worker(worker, wake.clone(), stop.clone()));
         }
 
+        info!(endpoint = %name, "starting in careful mode: one claimed message at a time");
         info!(
             endpoint = %name,
             concurrency = self.config.concurrency,
@@ -291,4 +313,15 @@ pub async fn wait_for_signal() -> Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// A stable advisory lock class per endpoint for the careful mode's claims (FNV-1a of
+/// the name, folded to 31 bits so it is never the installer's class).
+fn claim_class(name: &EndpointName) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.as_str().bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash & 0x3fff_ffff) as i32
 }

@@ -66,6 +66,7 @@
 //! keys it, as a saga does.
 
 mod connect;
+mod delayed;
 mod envelope;
 mod error;
 mod error_queue;
@@ -96,7 +97,7 @@ pub use install::{INSTALLER_VERSION, InstallOutcome, install_endpoint};
 pub use migrate::{MigrationSet, bus_migrations, migrate};
 pub use name::{EndpointName, MAX_ENDPOINT_NAME_LEN, QueueTables};
 pub use receive::PumpConfig;
-pub use send::{DEFAULT_MAX_BODY_BYTES, Outbox, Routes, Sender, SenderBuilder};
+pub use send::{DEFAULT_MAX_BODY_BYTES, Delivery, Outbox, Routes, Sender, SenderBuilder};
 
 /// This machine's host name, for the `sending_host` header.
 pub(crate) fn host_name() -> String {

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Object, Pool};
@@ -20,7 +21,7 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 use uuid::Uuid;
 
 use crate::envelope::{Headers, header};
@@ -30,8 +31,10 @@ use crate::failure::HandlerError;
 use crate::handler::{Context, ErasedHandler, Prepared};
 use crate::name::EndpointName;
 use crate::panic_location;
-use crate::send::{Origin, Outgoing, write_outgoing};
-use crate::sql::QueueStatements;
+use crate::send::{
+    Delivery, Origin, Outgoing, Written, plan_writes, prepare_writes, run_writes, write_outgoing,
+};
+use crate::sql::{self, QueueStatements};
 use crate::wakeup::Notifier;
 
 /// How the pump takes and retries messages.
@@ -66,12 +69,38 @@ const POSITION_RESET_INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) struct Pump {
     pub endpoint: EndpointName,
     pub pool: Pool,
-    pub statements: QueueStatements,
+    pub statements: Arc<QueueStatements>,
     pub handlers: HashMap<String, Arc<dyn ErasedHandler>>,
     pub origin: Arc<Origin>,
     pub notifier: Option<Notifier>,
     pub config: PumpConfig,
+    pub careful: CarefulMode,
+    /// The advisory lock class of this endpoint's claims.
+    pub claim_class: i32,
 }
+
+/// Whether the pump is still in the careful mode it starts in, and the run of successes
+/// that ends it. Shared by the workers; each success may end it.
+pub(crate) struct CarefulMode {
+    pub active: AtomicBool,
+    pub successes: AtomicU32,
+}
+
+impl CarefulMode {
+    pub fn new() -> Self {
+        CarefulMode {
+            active: AtomicBool::new(true),
+            successes: AtomicU32::new(0),
+        }
+    }
+}
+
+/// Claims after which a message goes to the error queue: each claim that did not end in
+/// a commit or a counted failure is a process that died handling it.
+pub const CLAIM_LIMIT: i32 = 3;
+
+/// Successes in a row that end the careful mode.
+const CAREFUL_RUN: u32 = 20;
 
 /// One row as the receive statement returned it.
 struct Received {
@@ -103,19 +132,24 @@ struct BatchOutcome {
     last_seq: i64,
 }
 
-/// A pooled connection inside our own BEGIN. Dropped without [`commit`](OpenTx::commit)
-/// (a worker cancelled at shutdown, an error mid-batch), it takes the connection out of
-/// the pool and closes it, so the server rolls back and no half-done transaction is ever
-/// handed to another worker.
+/// A pooled connection inside our own transaction. Dropped while still open (a worker
+/// cancelled at shutdown, an error mid-batch), it takes the connection out of the pool
+/// and closes it, so the server rolls back and no half-done transaction is ever handed
+/// to another worker.
 struct OpenTx {
     client: Option<Object>,
 }
 
 impl OpenTx {
-    async fn begin(client: Object) -> Result<OpenTx> {
-        let open = OpenTx {
+    /// Wraps a connection on which BEGIN is about to be sent (possibly pipelined).
+    fn new(client: Object) -> OpenTx {
+        OpenTx {
             client: Some(client),
-        };
+        }
+    }
+
+    async fn begin(client: Object) -> Result<OpenTx> {
+        let open = OpenTx::new(client);
         open.client()
             .batch_execute("BEGIN")
             .await
@@ -124,18 +158,38 @@ impl OpenTx {
     }
 
     fn client(&self) -> &Object {
-        self.client.as_ref().expect("client present until commit")
+        self.client.as_ref().expect("client present until finished")
     }
 
-    async fn commit(mut self) -> Result<()> {
-        let client = self.client.take().expect("client present until commit");
-        match client.batch_execute("COMMIT").await {
+    /// The transaction ended on the server (COMMIT went out in a pipeline); the
+    /// connection goes back to the pool.
+    fn finished(mut self) {
+        self.client.take();
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.end("COMMIT").await
+    }
+
+    /// Outside any transaction: drops the careful mode's advisory locks and returns the
+    /// connection to the pool.
+    async fn release_claims(self) -> Result<()> {
+        self.end(sql::queue::CLAIM_RELEASE).await
+    }
+
+    async fn rollback(self) -> Result<()> {
+        self.end("ROLLBACK").await
+    }
+
+    async fn end(mut self, sql: &str) -> Result<()> {
+        let client = self.client.take().expect("client present until finished");
+        match client.batch_execute(sql).await {
             Ok(()) => Ok(()),
             Err(source) => {
                 // The transaction's fate is unknown to us; do not reuse the connection.
                 let _ = Object::take(client);
                 Err(Error::Database {
-                    op: "commit".to_owned(),
+                    op: sql.to_lowercase(),
                     source,
                 })
             }
@@ -149,6 +203,30 @@ impl Drop for OpenTx {
             drop(Object::take(client));
         }
     }
+}
+
+/// Why a pipelined batch did not commit.
+enum PipelineError {
+    /// A statement in it failed; the batch is rolled back and retaken one by one.
+    Failed(Error),
+    /// The connection is gone; everything rolled back on the server.
+    Lost(Error),
+}
+
+impl From<Error> for PipelineError {
+    fn from(error: Error) -> Self {
+        match &error {
+            Error::Database { source, .. } if source.is_closed() => PipelineError::Lost(error),
+            Error::Pool { .. } => PipelineError::Lost(error),
+            _ => PipelineError::Failed(error),
+        }
+    }
+}
+
+/// What handling one message did.
+struct Handled {
+    written: Vec<Written>,
+    succeeded: bool,
 }
 
 impl Pump {
@@ -175,10 +253,17 @@ impl Pump {
                 last_reset = Instant::now();
             }
 
-            match self.receive_batch(position).await {
+            let careful = self.careful.active.load(Ordering::Relaxed);
+            let received = if careful {
+                self.receive_careful(position).await
+            } else {
+                self.receive_batch(position).await
+            };
+            match received {
                 Ok(outcome) => {
                     error_backoff = Duration::from_millis(100);
-                    if outcome.taken < self.config.batch_size {
+                    let asked = if careful { 1 } else { self.config.batch_size };
+                    if outcome.taken < asked {
                         position = 0;
                         last_reset = Instant::now();
                     } else {
@@ -232,30 +317,65 @@ impl Pump {
         debug!(endpoint = %self.endpoint, worker, "worker stopped");
     }
 
-    /// Takes up to a batch after `position` and runs it in one transaction.
+    /// Takes up to a batch after `position` and runs it as one pipelined transaction;
+    /// if anything in the pipeline fails, rolls it back and retakes the same messages
+    /// one at a time, unpipelined, so the failing one is isolated.
     async fn receive_batch(&self, position: i64) -> Result<BatchOutcome> {
         let client = self.pool.get().await?;
-        let tx = OpenTx::begin(client).await?;
-
-        let limit = self.config.batch_size as i64;
-        let statement = tx
-            .client()
+        let receive = client
             .prepare_cached(&self.statements.receive)
             .await
             .map_err(Error::db(format!("prepare receive for {}", self.endpoint)))?;
-        let rows = tx
-            .client()
-            .query(&statement, &[&position, &limit])
-            .await
-            .map_err(Error::db(format!("receive from {}", self.endpoint)))?;
+        let tx = OpenTx::new(client);
+
+        // BEGIN, the receive and the first message's savepoint in one round trip.
+        let limit = self.config.batch_size as i64;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&position, &limit];
+        // `biased` polls in order, so the requests go out in order: BEGIN first.
+        let (begun, rows, savepoint) = tokio::join!(
+            biased;
+            tx.client().batch_execute("BEGIN"),
+            tx.client().query(&receive, &params),
+            tx.client().batch_execute("SAVEPOINT handler"),
+        );
+        begun.map_err(Error::db("begin"))?;
+        let rows = rows.map_err(Error::db(format!("receive from {}", self.endpoint)))?;
+        savepoint.map_err(Error::db("savepoint"))?;
         if rows.is_empty() {
-            tx.commit().await?;
+            tx.rollback().await?;
             return Ok(BatchOutcome {
                 taken: 0,
                 last_seq: position,
             });
         }
 
+        let batch = self.prepare_batch(&rows);
+        let taken = batch.len();
+        let last_seq = batch.iter().map(|(r, _)| r.seq).max().unwrap_or(position);
+        let seqs: Vec<i64> = batch.iter().map(|(r, _)| r.seq).collect();
+
+        match self.run_pipelined(&tx, batch).await {
+            Ok(written) => {
+                tx.finished();
+                self.wake(written);
+            }
+            Err(PipelineError::Lost(error)) => return Err(error),
+            Err(PipelineError::Failed(error)) => {
+                debug!(
+                    endpoint = %self.endpoint,
+                    error = %crate::error::chain(&error),
+                    messages = taken,
+                    "pipelined batch failed; retaking its messages one at a time"
+                );
+                tx.rollback().await?;
+                self.retake(&seqs).await?;
+            }
+        }
+        Ok(BatchOutcome { taken, last_seq })
+    }
+
+    /// Decodes rows, sorts them by seq and then (stably) by lock key.
+    fn prepare_batch(&self, rows: &[tokio_postgres::Row]) -> Vec<(Received, Parsed)> {
         let mut received: Vec<Received> = rows
             .iter()
             .map(|row| Received {
@@ -267,8 +387,6 @@ impl Pump {
             })
             .collect();
         received.sort_by_key(|r| r.seq);
-        let taken = received.len();
-        let last_seq = received.last().map_or(position, |r| r.seq);
 
         let mut batch: Vec<(Received, Parsed)> = received
             .into_iter()
@@ -277,51 +395,392 @@ impl Pump {
                 (r, parsed)
             })
             .collect();
-        // Batches take their locks in one order; the sort is stable, so messages with
-        // one key keep their receive order.
+        // Batches take their locks in one order, so two of them cannot deadlock; the
+        // sort is stable, so messages with one key keep their receive order.
         batch.sort_by(|a, b| lock_key(&a.1).cmp(&lock_key(&b.1)));
+        batch
+    }
 
-        let mut woken: Vec<EndpointName> = Vec::new();
-        for (received, parsed) in batch {
-            match parsed {
+    /// Runs a batch whose BEGIN and first savepoint are already sent. Each message's
+    /// sends, the release of its savepoint and the next savepoint (or, after the last,
+    /// COMMIT) go out together; only the handler's own statements wait for answers.
+    async fn run_pipelined(
+        &self,
+        tx: &OpenTx,
+        batch: Vec<(Received, Parsed)>,
+    ) -> Result<Vec<Written>, PipelineError> {
+        let client = tx.client();
+        let count = batch.len();
+        let mut written = Vec::new();
+
+        for (i, (received, parsed)) in batch.into_iter().enumerate() {
+            let tail = if i + 1 == count {
+                "RELEASE SAVEPOINT handler; COMMIT"
+            } else {
+                "RELEASE SAVEPOINT handler; SAVEPOINT handler"
+            };
+            let (headers, message_type, handler, prepared) = match parsed {
                 Parsed::Poison {
                     headers,
                     message_type,
                     details,
                 } => {
-                    let failed = FailedMessage {
-                        message_id: received.message_id,
-                        message_type: message_type.as_deref(),
-                        headers: headers.as_ref(),
-                        raw_headers: &received.raw_headers,
-                        body: &received.body,
-                        enqueued_at: Some(received.enqueued_at),
-                    };
-                    move_to_error_queue(tx.client(), &self.endpoint, &failed, &details).await?;
+                    self.poison(
+                        client,
+                        &received,
+                        headers.as_ref(),
+                        message_type.as_deref(),
+                        &details,
+                    )
+                    .await?;
+                    client
+                        .batch_execute(tail)
+                        .await
+                        .map_err(Error::db("release"))?;
+                    continue;
                 }
                 Parsed::Ready {
                     headers,
                     message_type,
                     handler,
                     prepared,
-                } => {
-                    let sent = self
-                        .handle_one(&tx, &received, headers, &message_type, handler, prepared)
+                } => (headers, message_type, handler, prepared),
+            };
+
+            match self
+                .run_handler(client, &received, &headers, handler, prepared)
+                .await
+            {
+                Ok(outgoing) => {
+                    let writes = plan_writes(&outgoing);
+                    let statements = prepare_writes(client, &writes).await?;
+                    // In order (`biased`): the sends must reach the server before COMMIT.
+                    let (sent, ended) = tokio::join!(
+                        biased;
+                        run_writes(client, &writes, &statements),
+                        client.batch_execute(tail),
+                    );
+                    sent?;
+                    ended.map_err(Error::db("release"))?;
+                    self.succeeded(&received, &message_type);
+                    written.extend(writes.into_iter().map(|w| w.target));
+                }
+                Err(failure) => {
+                    // Known at once, so handled in place: undo the handler, put the
+                    // message back, and carry on with the rest of the batch.
+                    client
+                        .batch_execute("ROLLBACK TO SAVEPOINT handler")
+                        .await
+                        .map_err(Error::db("rollback to savepoint"))?;
+                    self.put_back_or_fail(client, &received, headers, &message_type, &failure)
                         .await?;
-                    woken.extend(sent);
+                    client
+                        .batch_execute(tail)
+                        .await
+                        .map_err(Error::db("release"))?;
                 }
             }
         }
+        Ok(written)
+    }
 
+    /// Takes the messages with `seqs` again (those still there) and runs them one at a
+    /// time in one transaction, every statement awaited, so a failure is pinned on the
+    /// message that caused it.
+    async fn retake(&self, seqs: &[i64]) -> Result<()> {
+        let client = self.pool.get().await?;
+        let tx = OpenTx::begin(client).await?;
+        let statement = tx
+            .client()
+            .prepare_cached(&self.statements.take_seqs)
+            .await
+            .map_err(Error::db("prepare retake"))?;
+        let rows = tx
+            .client()
+            .query(&statement, &[&seqs])
+            .await
+            .map_err(Error::db(format!("retake from {}", self.endpoint)))?;
+
+        let mut written = Vec::new();
+        for (received, parsed) in self.prepare_batch(&rows) {
+            let handled = self.handle_one(tx.client(), &received, parsed).await?;
+            written.extend(handled.written);
+        }
         tx.commit().await?;
-        if let Some(notifier) = &self.notifier {
-            woken.sort();
-            woken.dedup();
-            for destination in &woken {
-                notifier.mark(destination);
+        self.wake(written);
+        Ok(())
+    }
+
+    /// The careful mode after start-up: claim one message in a commit of its own, then
+    /// handle it alone. A message claimed more than [`CLAIM_LIMIT`] times has killed its
+    /// process that often and goes to the error queue instead.
+    async fn receive_careful(&self, position: i64) -> Result<BatchOutcome> {
+        let client = self.pool.get().await?;
+        let claim = client
+            .prepare_cached(&self.statements.claim_next)
+            .await
+            .map_err(Error::db("prepare claim"))?;
+        // From here the connection may hold advisory locks: only an OpenTx (which closes
+        // it when dropped) or an explicit release may let it go back to the pool.
+        let tx = OpenTx::new(client);
+        let claimed = tx
+            .client()
+            .query_opt(&claim, &[&position, &self.claim_class])
+            .await
+            .map_err(Error::db(format!("claim from {}", self.endpoint)))?;
+        let Some(row) = claimed else {
+            tx.release_claims().await?;
+            return Ok(BatchOutcome {
+                taken: 0,
+                last_seq: position,
+            });
+        };
+        let seq: i64 = row.get(0);
+        let claims: i32 = row.get(1);
+
+        tx.client()
+            .batch_execute("BEGIN")
+            .await
+            .map_err(Error::db("begin"))?;
+        let take = tx
+            .client()
+            .prepare_cached(&self.statements.take_seqs)
+            .await
+            .map_err(Error::db("prepare take"))?;
+        let rows = tx
+            .client()
+            .query(&take, &[&vec![seq]])
+            .await
+            .map_err(Error::db(format!(
+                "take claimed row from {}",
+                self.endpoint
+            )))?;
+
+        let mut written = Vec::new();
+        for (received, parsed) in self.prepare_batch(&rows) {
+            if claims > CLAIM_LIMIT {
+                self.claim_limit_reached(tx.client(), &received, parsed, claims)
+                    .await?;
+                continue;
+            }
+            let handled = self.handle_one(tx.client(), &received, parsed).await?;
+            if !handled.succeeded {
+                self.careful.successes.store(0, Ordering::Relaxed);
+            }
+            written.extend(handled.written);
+        }
+        tx.client()
+            .batch_execute("COMMIT")
+            .await
+            .map_err(Error::db("commit"))?;
+        tx.release_claims().await?;
+        self.wake(written);
+        Ok(BatchOutcome {
+            taken: 1,
+            last_seq: seq,
+        })
+    }
+
+    async fn claim_limit_reached(
+        &self,
+        client: &Object,
+        received: &Received,
+        parsed: Parsed,
+        claims: i32,
+    ) -> Result<()> {
+        let (headers, message_type) = match parsed {
+            Parsed::Ready {
+                headers,
+                message_type,
+                ..
+            } => (Some(headers), Some(message_type)),
+            Parsed::Poison {
+                headers,
+                message_type,
+                ..
+            } => (headers, message_type),
+        };
+        let reason = format!(
+            "claimed {claims} times without its handling ever finishing: it most likely \
+             kills the process that handles it"
+        );
+        let details = FailureDetails::poison(message_type.as_deref(), "claim_limit", reason);
+        self.poison(
+            client,
+            received,
+            headers.as_ref(),
+            message_type.as_deref(),
+            &details,
+        )
+        .await
+    }
+
+    /// Handles one message unpipelined in a savepoint: the handler, then its sends and
+    /// the release, each awaited; any failure rolls back to the savepoint and puts the
+    /// message back. An `Err` means the transaction itself is lost.
+    async fn handle_one(
+        &self,
+        client: &Object,
+        received: &Received,
+        parsed: Parsed,
+    ) -> Result<Handled> {
+        let (headers, message_type, handler, prepared) = match parsed {
+            Parsed::Poison {
+                headers,
+                message_type,
+                details,
+            } => {
+                self.poison(
+                    client,
+                    received,
+                    headers.as_ref(),
+                    message_type.as_deref(),
+                    &details,
+                )
+                .await?;
+                return Ok(Handled {
+                    written: Vec::new(),
+                    succeeded: true,
+                });
+            }
+            Parsed::Ready {
+                headers,
+                message_type,
+                handler,
+                prepared,
+            } => (headers, message_type, handler, prepared),
+        };
+
+        client
+            .batch_execute("SAVEPOINT handler")
+            .await
+            .map_err(Error::db("savepoint"))?;
+        let outcome = match self
+            .run_handler(client, received, &headers, handler, prepared)
+            .await
+        {
+            Ok(outgoing) => write_outgoing(client, &outgoing)
+                .await
+                .map_err(HandlerError::from),
+            Err(failure) => Err(failure),
+        };
+
+        let failure = match outcome {
+            Ok(written) => match client.batch_execute("RELEASE SAVEPOINT handler").await {
+                Ok(()) => {
+                    self.succeeded(received, &message_type);
+                    return Ok(Handled {
+                        written,
+                        succeeded: true,
+                    });
+                }
+                // The handler returned Ok but a statement of its failed and it swallowed
+                // the error: the transaction is aborted and COMMIT would silently roll
+                // back the whole batch. Count it as the handler's failure instead.
+                Err(e) if e.code().map(|c| c.code()) == Some("25P02") => HandlerError::with_kind(
+                    "swallowed_database_error",
+                    "the handler returned success, but one of its statements failed and \
+                     aborted the transaction",
+                ),
+                Err(source) => {
+                    return Err(Error::Database {
+                        op: "release savepoint".to_owned(),
+                        source,
+                    });
+                }
+            },
+            Err(failure) => failure,
+        };
+
+        // A handler failure must not lose the message or its attempt count: everything
+        // it did rolls back to the savepoint, and the message goes back in this same
+        // transaction with its counter raised.
+        client
+            .batch_execute("ROLLBACK TO SAVEPOINT handler; RELEASE SAVEPOINT handler")
+            .await
+            .map_err(Error::db("rollback to savepoint"))?;
+        self.put_back_or_fail(client, received, headers, &message_type, &failure)
+            .await?;
+        Ok(Handled {
+            written: Vec::new(),
+            succeeded: false,
+        })
+    }
+
+    /// Runs the handler, catching a panic; returns the messages it sent.
+    async fn run_handler(
+        &self,
+        client: &Object,
+        received: &Received,
+        headers: &Headers,
+        handler: Arc<dyn ErasedHandler>,
+        prepared: Prepared,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        let mut ctx = Context::new(client, headers, received.message_id, &self.origin);
+        let result = AssertUnwindSafe(handler.call(prepared.value, &mut ctx))
+            .catch_unwind()
+            .await;
+        match result {
+            Ok(Ok(())) => Ok(std::mem::take(&mut ctx.outgoing)),
+            Ok(Err(failure)) => Err(failure),
+            Err(payload) => Err(HandlerError::from_panic(&*payload, panic_location::take())),
+        }
+    }
+
+    /// Counts a success, leaving the careful mode after a run of them.
+    fn succeeded(&self, received: &Received, message_type: &str) {
+        trace!(
+            target: "pgbus::handled",
+            endpoint = %self.endpoint,
+            message_id = %received.message_id,
+            message_type,
+            "handled"
+        );
+        if self.careful.active.load(Ordering::Relaxed) {
+            let run = self.careful.successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if run >= CAREFUL_RUN && self.careful.active.swap(false, Ordering::Relaxed) {
+                info!(
+                    endpoint = %self.endpoint,
+                    successes = run,
+                    "leaving careful mode; receiving in batches"
+                );
             }
         }
-        Ok(BatchOutcome { taken, last_seq })
+    }
+
+    async fn poison(
+        &self,
+        client: &Object,
+        received: &Received,
+        headers: Option<&Headers>,
+        message_type: Option<&str>,
+        details: &FailureDetails,
+    ) -> Result<()> {
+        let failed = FailedMessage {
+            message_id: received.message_id,
+            message_type,
+            headers,
+            raw_headers: &received.raw_headers,
+            body: &received.body,
+            enqueued_at: Some(received.enqueued_at),
+        };
+        move_to_error_queue(client, &self.endpoint, &failed, details).await
+    }
+
+    /// Notifies the tables written by a committed transaction.
+    fn wake(&self, mut written: Vec<Written>) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        written.sort();
+        written.dedup();
+        for target in &written {
+            if target.delayed {
+                notifier.mark_delayed(&target.destination);
+            } else {
+                notifier.mark(&target.destination);
+            }
+        }
     }
 
     /// Decodes a row's headers and body and finds its handler.
@@ -376,83 +835,6 @@ impl Pump {
         }
     }
 
-    /// Runs one handler in a savepoint; on failure rolls back to it and puts the message
-    /// back (or into the error queue) in the same transaction. Returns the destinations
-    /// its sends wrote to. An `Err` means the transaction itself is lost.
-    async fn handle_one(
-        &self,
-        tx: &OpenTx,
-        received: &Received,
-        headers: Headers,
-        message_type: &str,
-        handler: Arc<dyn ErasedHandler>,
-        prepared: Prepared,
-    ) -> Result<Vec<EndpointName>> {
-        let client = tx.client();
-        client
-            .batch_execute("SAVEPOINT handler")
-            .await
-            .map_err(Error::db("savepoint"))?;
-
-        let mut ctx = Context::new(client, &headers, received.message_id, &self.origin);
-        let started = Instant::now();
-        let result = AssertUnwindSafe(handler.call(prepared.value, &mut ctx))
-            .catch_unwind()
-            .await;
-        let outgoing: Vec<Outgoing> = std::mem::take(&mut ctx.outgoing);
-        drop(ctx);
-
-        // A handler failure must not lose the message or its attempt count: everything
-        // it did rolls back to the savepoint, and the message goes back in this same
-        // transaction with its counter raised.
-        let outcome = match result {
-            Ok(Ok(())) => write_outgoing(client, &outgoing)
-                .await
-                .map_err(HandlerError::from),
-            Ok(Err(failure)) => Err(failure),
-            Err(payload) => Err(HandlerError::from_panic(&*payload, panic_location::take())),
-        };
-
-        let failure = match outcome {
-            Ok(destinations) => match client.batch_execute("RELEASE SAVEPOINT handler").await {
-                Ok(()) => {
-                    trace!(
-                        target: "pgbus::handled",
-                        endpoint = %self.endpoint,
-                        message_id = %received.message_id,
-                        message_type,
-                        elapsed_us = started.elapsed().as_micros() as u64,
-                        "handled"
-                    );
-                    return Ok(destinations);
-                }
-                // The handler returned Ok but a statement of its failed and it swallowed
-                // the error: the transaction is aborted and COMMIT would silently roll
-                // back the whole batch. Count it as the handler's failure instead.
-                Err(e) if e.code().map(|c| c.code()) == Some("25P02") => HandlerError::with_kind(
-                    "swallowed_database_error",
-                    "the handler returned success, but one of its statements failed and \
-                     aborted the transaction",
-                ),
-                Err(source) => {
-                    return Err(Error::Database {
-                        op: "release savepoint".to_owned(),
-                        source,
-                    });
-                }
-            },
-            Err(failure) => failure,
-        };
-
-        client
-            .batch_execute("ROLLBACK TO SAVEPOINT handler; RELEASE SAVEPOINT handler")
-            .await
-            .map_err(Error::db("rollback to savepoint"))?;
-        self.put_back_or_fail(client, received, headers, message_type, &failure)
-            .await?;
-        Ok(Vec::new())
-    }
-
     /// Puts a failed message back with its counter raised, or moves it to the error
     /// queue when it is out of attempts or its failure is permanent.
     async fn put_back_or_fail(
@@ -494,6 +876,8 @@ impl Pump {
             message_id: received.message_id,
             headers,
             body: received.body.clone(),
+            delivery: Delivery::Now,
+            saga_id: None,
         };
         write_outgoing(client, std::slice::from_ref(&again)).await?;
         Ok(())

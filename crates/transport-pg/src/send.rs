@@ -7,8 +7,11 @@
 //! that is not installed is an [`Error::EndpointNotInstalled`] naming it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 use message::{Message, MessageKind};
@@ -66,6 +69,17 @@ impl Routes {
     }
 }
 
+/// When a message becomes visible to its receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// At the commit of the sending transaction.
+    Now,
+    /// This long after the commit, by the database's clock.
+    After(Duration),
+    /// At this time.
+    At(SystemTime),
+}
+
 /// One message ready to be written: its destination, id, headers and body.
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
@@ -73,6 +87,9 @@ pub(crate) struct Outgoing {
     pub message_id: Uuid,
     pub headers: Headers,
     pub body: Vec<u8>,
+    pub delivery: Delivery,
+    /// Set on saga timeouts, so completing the saga can delete them.
+    pub saga_id: Option<Uuid>,
 }
 
 /// What every envelope a sender builds has in common.
@@ -136,6 +153,8 @@ impl Origin {
             message_id,
             headers,
             body,
+            delivery: Delivery::Now,
+            saga_id: None,
         })
     }
 }
@@ -157,35 +176,171 @@ fn inherit(headers: &mut Headers, cause: &Headers) {
     }
 }
 
-/// Writes `messages` with one statement per destination, in first-seen order; returns
-/// the destinations written, for the wake-ups after commit.
+/// A destination table written to, for the wake-ups after commit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Written {
+    pub destination: EndpointName,
+    /// The delayed table rather than the queue.
+    pub delayed: bool,
+}
+
+/// One statement of a write: every message for one table, as column arrays.
+pub(crate) struct TableWrite<'a> {
+    pub target: Written,
+    sql: String,
+    ids: Vec<Uuid>,
+    headers: Vec<serde_json::Value>,
+    bodies: Vec<&'a [u8]>,
+    due_at: Vec<Option<SystemTime>>,
+    delay_ms: Vec<i64>,
+    saga_ids: Vec<Option<Uuid>>,
+}
+
+/// Groups `messages` by table, in first-seen order, one statement per table.
+pub(crate) fn plan_writes(messages: &[Outgoing]) -> Vec<TableWrite<'_>> {
+    let mut writes: Vec<TableWrite<'_>> = Vec::new();
+    for message in messages {
+        let delayed = message.delivery != Delivery::Now;
+        let position = writes.iter().position(|w| {
+            w.target.delayed == delayed && w.target.destination == message.destination
+        });
+        let write = match position {
+            Some(i) => &mut writes[i],
+            None => {
+                let tables = message.destination.tables();
+                let sql = if delayed {
+                    sql::delayed::insert(&tables.delayed)
+                } else {
+                    sql::queue::insert(&tables.queue)
+                };
+                writes.push(TableWrite {
+                    target: Written {
+                        destination: message.destination.clone(),
+                        delayed,
+                    },
+                    sql,
+                    ids: Vec::new(),
+                    headers: Vec::new(),
+                    bodies: Vec::new(),
+                    due_at: Vec::new(),
+                    delay_ms: Vec::new(),
+                    saga_ids: Vec::new(),
+                });
+                writes.last_mut().expect("just pushed")
+            }
+        };
+        write.ids.push(message.message_id);
+        write.headers.push(message.headers.to_json());
+        write.bodies.push(&message.body);
+        match message.delivery {
+            Delivery::Now => {}
+            Delivery::After(delay) => {
+                write.due_at.push(None);
+                write
+                    .delay_ms
+                    .push(delay.as_millis().min(i64::MAX as u128) as i64);
+            }
+            Delivery::At(at) => {
+                write.due_at.push(Some(at));
+                write.delay_ms.push(0);
+            }
+        }
+        write.saga_ids.push(message.saga_id);
+    }
+    writes
+}
+
+/// Prepares every statement of `writes` (from the cache, after the first time), so that
+/// running them afterwards sends each request on its first poll, in order.
+pub(crate) async fn prepare_writes(
+    exec: &impl Executor,
+    writes: &[TableWrite<'_>],
+) -> Result<Vec<tokio_postgres::Statement>> {
+    let mut statements = Vec::with_capacity(writes.len());
+    for write in writes {
+        let statement = exec
+            .prepare_statement(&write.sql)
+            .await
+            .map_err(|source| send_error(&write.target.destination, source))?;
+        statements.push(statement);
+    }
+    Ok(statements)
+}
+
+/// Runs prepared writes together, pipelined: every request goes out before any answer
+/// is awaited.
+pub(crate) async fn run_writes(
+    exec: &impl Executor,
+    writes: &[TableWrite<'_>],
+    statements: &[tokio_postgres::Statement],
+) -> Result<()> {
+    let runs = writes
+        .iter()
+        .zip(statements)
+        .map(|(write, statement)| async move {
+            let result = if write.target.delayed {
+                let params: [&(dyn ToSql + Sync); 6] = [
+                    &write.due_at,
+                    &write.delay_ms,
+                    &write.ids,
+                    &write.headers,
+                    &write.bodies,
+                    &write.saga_ids,
+                ];
+                exec.execute_statement(statement, &params).await
+            } else {
+                let params: [&(dyn ToSql + Sync); 3] = [&write.ids, &write.headers, &write.bodies];
+                exec.execute_statement(statement, &params).await
+            };
+            result.map_err(|source| send_error(&write.target.destination, source))
+        });
+    for result in join_in_order(runs.collect()).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Polls every future in index order on every poll until all are done. Unlike the
+/// general joins, which may poll a large set in any order or stop part-way to yield, this
+/// sends every request on the first poll and in order, which the pipelined COMMIT behind
+/// these writes relies on.
+pub(crate) async fn join_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(move |cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(
+                outputs
+                    .iter_mut()
+                    .map(|o| o.take().expect("every output set"))
+                    .collect(),
+            )
+        }
+    })
+    .await
+}
+
+/// Writes `messages`, one statement per table, pipelined; returns the tables written,
+/// for the wake-ups after commit.
 pub(crate) async fn write_outgoing(
     exec: &impl Executor,
     messages: &[Outgoing],
-) -> Result<Vec<EndpointName>> {
-    let mut order: Vec<&EndpointName> = Vec::new();
-    let mut groups: HashMap<&EndpointName, Vec<&Outgoing>> = HashMap::new();
-    for message in messages {
-        let group = groups.entry(&message.destination).or_default();
-        if group.is_empty() {
-            order.push(&message.destination);
-        }
-        group.push(message);
-    }
-
-    for destination in &order {
-        let group = &groups[destination];
-        let ids: Vec<Uuid> = group.iter().map(|m| m.message_id).collect();
-        let headers: Vec<serde_json::Value> = group.iter().map(|m| m.headers.to_json()).collect();
-        let bodies: Vec<&[u8]> = group.iter().map(|m| m.body.as_slice()).collect();
-        let statement = sql::queue::insert(&destination.tables().queue);
-        let params: [&(dyn ToSql + Sync); 3] = [&ids, &headers, &bodies];
-
-        exec.execute_cached(&statement, &params)
-            .await
-            .map_err(|source| send_error(destination, source))?;
-    }
-    Ok(order.into_iter().cloned().collect())
+) -> Result<Vec<Written>> {
+    let writes = plan_writes(messages);
+    let statements = prepare_writes(exec, &writes).await?;
+    run_writes(exec, &writes, &statements).await?;
+    Ok(writes.into_iter().map(|w| w.target).collect())
 }
 
 /// Maps a failed insert to [`Error::EndpointNotInstalled`] when the table is missing.
@@ -313,6 +468,20 @@ impl Sender {
         Ok(id)
     }
 
+    /// Sends `message` to `endpoint` (or its route), delivered after `delay`, in a
+    /// transaction of its own.
+    pub async fn defer<M: Message>(
+        &self,
+        endpoint: Option<&str>,
+        delay: Duration,
+        message: &M,
+    ) -> Result<Uuid> {
+        let mut outbox = self.outbox();
+        let id = outbox.defer(endpoint, delay, message)?;
+        self.commit_alone(outbox).await?;
+        Ok(id)
+    }
+
     /// Sends `message` to `endpoint` in a transaction of its own.
     pub async fn send_to<M: Message>(&self, endpoint: &str, message: &M) -> Result<Uuid> {
         let mut outbox = self.outbox();
@@ -391,12 +560,43 @@ impl Outbox {
         self.push(message, endpoint, headers)
     }
 
+    /// Adds `message` for `endpoint` (or its route), delivered after `delay`.
+    pub fn defer<M: Message>(
+        &mut self,
+        endpoint: Option<&str>,
+        delay: Duration,
+        message: &M,
+    ) -> Result<Uuid> {
+        self.push_at(message, endpoint, Headers::new(), Delivery::After(delay))
+    }
+
+    /// Adds `message` for `endpoint` (or its route), delivered at `at`.
+    pub fn defer_until<M: Message>(
+        &mut self,
+        endpoint: Option<&str>,
+        at: SystemTime,
+        message: &M,
+    ) -> Result<Uuid> {
+        self.push_at(message, endpoint, Headers::new(), Delivery::At(at))
+    }
+
     fn push<M: Message>(&mut self, message: &M, to: Option<&str>, extra: Headers) -> Result<Uuid> {
+        self.push_at(message, to, extra, Delivery::Now)
+    }
+
+    fn push_at<M: Message>(
+        &mut self,
+        message: &M,
+        to: Option<&str>,
+        extra: Headers,
+        delivery: Delivery,
+    ) -> Result<Uuid> {
         let mut outgoing = self
             .sender
             .inner
             .origin
             .envelope(message, to, "send", None)?;
+        outgoing.delivery = delivery;
         for (name, value) in extra.iter() {
             outgoing.headers.insert(name, value);
         }
@@ -425,7 +625,11 @@ impl Outbox {
     pub fn committed(self) {
         if let Some(notifier) = &self.sender.inner.notifier {
             for message in &self.messages {
-                notifier.mark(&message.destination);
+                if message.delivery == Delivery::Now {
+                    notifier.mark(&message.destination);
+                } else {
+                    notifier.mark_delayed(&message.destination);
+                }
             }
         }
     }

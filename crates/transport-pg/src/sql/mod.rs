@@ -3,6 +3,7 @@
 //! Dynamic identifiers come only from a validated [`EndpointName`](crate::EndpointName),
 //! quoted when its [`QueueTables`] are built; every value is a bind parameter.
 
+pub mod delayed;
 pub mod error_queue;
 pub mod queue;
 

@@ -9,6 +9,14 @@ pub struct QueueStatements {
     pub receive: String,
     /// Inserts messages; see [`insert`].
     pub insert: String,
+    /// Takes the rows with the seqs in `$1`, if still there and not locked.
+    pub take_seqs: String,
+    /// Raises the claim count of the next row after `$1`; see [`claim_next`].
+    pub claim_next: String,
+    /// Moves up to `$1` due rows from the delayed table into the queue.
+    pub move_due: String,
+    /// Milliseconds until the earliest delayed row is due.
+    pub next_due_ms: String,
 }
 
 impl QueueStatements {
@@ -17,6 +25,10 @@ impl QueueStatements {
         QueueStatements {
             receive: receive(&tables.queue),
             insert: insert(&tables.queue),
+            take_seqs: take_seqs(&tables.queue),
+            claim_next: claim_next(&tables.queue),
+            move_due: super::delayed::move_due(&tables.delayed, &tables.queue),
+            next_due_ms: super::delayed::next_due_ms(&tables.delayed),
         }
     }
 }
@@ -52,3 +64,47 @@ SELECT m, h, b
 FROM unnest($1::uuid[], $2::jsonb[], $3::bytea[]) AS u(m, h, b)"
     )
 }
+
+/// Takes the rows whose seqs are in `$1`, skipping any that another consumer holds: the
+/// retake of a batch whose pipelined attempt failed, and the receive of a claimed row.
+pub fn take_seqs(queue: &str) -> String {
+    format!(
+        "\
+DELETE FROM {queue}
+WHERE seq = ANY(ARRAY(
+    SELECT seq
+    FROM {queue}
+    WHERE seq = ANY($1)
+    FOR UPDATE SKIP LOCKED))
+RETURNING seq, message_id, headers, body, enqueued_at, claims"
+    )
+}
+
+/// Raises the claim count of the oldest unlocked row after `$1`, in a short transaction
+/// of its own that commits before the handler runs: if the handler then kills the
+/// process, the count survives, and a message that keeps killing its process reaches the
+/// claim limit. Only the careful mode after start-up runs it.
+///
+/// The row lock ends with that short transaction, so the claimer also takes a session
+/// advisory lock on the row's seq (class `$2`), held until it has handled the row;
+/// otherwise other careful workers would claim the same row again meanwhile and raise its
+/// count for nothing. Rows whose advisory lock someone else holds are passed over.
+pub fn claim_next(queue: &str) -> String {
+    format!(
+        "\
+UPDATE {queue}
+SET claims = claims + 1
+WHERE seq = ANY(ARRAY(
+    SELECT seq
+    FROM {queue}
+    WHERE seq > $1
+      AND pg_try_advisory_lock($2, (seq % 2147483648)::integer)
+    ORDER BY seq
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED))
+RETURNING seq, claims"
+    )
+}
+
+/// Releases the claimer's advisory locks, including any taken on rows it then skipped.
+pub const CLAIM_RELEASE: &str = "SELECT pg_advisory_unlock_all()";
