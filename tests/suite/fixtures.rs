@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS public.records (
     message_id      uuid    NOT NULL,
     text            text    NOT NULL,
     failed_attempts integer NOT NULL,
-    headers         jsonb   NOT NULL
+    headers         jsonb   NOT NULL,
+    txid            bigint  NOT NULL DEFAULT txid_current()
 )";
 
 /// Records each note in `public.records`, then does what its mode says.
@@ -140,4 +141,93 @@ pub fn sender(db: &Database, to: &str) -> Sender {
         .expect("route")
         .build()
         .expect("sender")
+}
+
+/// A command whose handler locks the row of `key` in `public.locks` and holds it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Lock {
+    pub key: String,
+    pub hold_ms: u64,
+}
+
+impl Message for Lock {
+    const NAME: &'static str = "test.Lock";
+    const KIND: MessageKind = MessageKind::Command;
+}
+
+/// The rows [`Locker`] locks, and its log of handlings.
+pub const LOCKS_SQL: &str = "\
+CREATE TABLE IF NOT EXISTS public.locks (key text PRIMARY KEY, n integer NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS public.lock_log (key text NOT NULL, failed_attempts integer NOT NULL);
+INSERT INTO public.locks (key) VALUES ('a'), ('b'), ('warm') ON CONFLICT DO NOTHING;";
+
+/// Locks `key`'s row, holds it, and declares the key so batches are ordered by it.
+pub struct Locker;
+
+impl Handler<Lock> for Locker {
+    async fn handle(&self, lock: Lock, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        ctx.tx()
+            .execute(
+                "UPDATE public.locks SET n = n + 1 WHERE key = $1",
+                &[&lock.key],
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(lock.hold_ms)).await;
+        ctx.tx()
+            .execute(
+                "INSERT INTO public.lock_log (key, failed_attempts) VALUES ($1, $2)",
+                &[&lock.key, &(ctx.failed_attempts() as i32)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn lock_key(&self, lock: &Lock) -> Option<String> {
+        Some(lock.key.clone())
+    }
+}
+
+/// A command whose handler reports the instant it started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Ping {
+    pub n: u32,
+}
+
+impl Message for Ping {
+    const NAME: &'static str = "test.Ping";
+    const KIND: MessageKind = MessageKind::Command;
+}
+
+/// Sends `(n, the instant the handler started)` on its channel.
+pub struct Pinger {
+    pub started: tokio::sync::mpsc::UnboundedSender<(u32, std::time::Instant)>,
+}
+
+impl Handler<Ping> for Pinger {
+    async fn handle(&self, ping: Ping, _ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        let _ = self.started.send((ping.n, std::time::Instant::now()));
+        Ok(())
+    }
+}
+
+/// Sends `count` plain notes to `to` and waits until `records` has `count` more rows, so
+/// that the endpoint has left its careful mode (twenty successes) before a test starts.
+pub async fn warm_up(db: &TestDb, to: &str, count: usize) {
+    let sender = sender(&db.database(), to);
+    let before = db.count("SELECT count(*) FROM records").await;
+    for i in 0..count {
+        sender
+            .send(&Note {
+                text: format!("warm-{i}"),
+                ..Note::default()
+            })
+            .await
+            .expect("warm-up send");
+    }
+    let target = before + count as i64;
+    let warmed = tests::wait_until(Duration::from_secs(30), || async {
+        db.count("SELECT count(*) FROM records").await >= target
+    })
+    .await;
+    assert!(warmed, "warm-up notes handled");
 }

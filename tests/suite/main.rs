@@ -1,7 +1,11 @@
 //! The end-to-end suite: one test binary, a module per area, a real PostgreSQL.
 
+mod batch;
+mod crash;
+mod delayed;
 mod fixtures;
 mod install;
 mod process;
 mod receive;
 mod send;
+mod wakeup;

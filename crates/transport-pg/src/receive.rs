@@ -84,6 +84,9 @@ pub(crate) struct Pump {
 pub(crate) struct CarefulMode {
     pub active: AtomicBool,
     pub successes: AtomicU32,
+    /// One message at a time across the process: if a handler kills the process, only
+    /// its own message was in flight, and only its claim count rises.
+    pub one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 impl CarefulMode {
@@ -91,6 +94,7 @@ impl CarefulMode {
         CarefulMode {
             active: AtomicBool::new(true),
             successes: AtomicU32::new(0),
+            one_at_a_time: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -515,6 +519,14 @@ impl Pump {
     /// handle it alone. A message claimed more than [`CLAIM_LIMIT`] times has killed its
     /// process that often and goes to the error queue instead.
     async fn receive_careful(&self, position: i64) -> Result<BatchOutcome> {
+        let _alone = self.careful.one_at_a_time.lock().await;
+        if !self.careful.active.load(Ordering::Relaxed) {
+            // Another worker ended the careful mode while this one waited.
+            return Ok(BatchOutcome {
+                taken: 1,
+                last_seq: position,
+            });
+        }
         let client = self.pool.get().await?;
         let claim = client
             .prepare_cached(&self.statements.claim_next)
