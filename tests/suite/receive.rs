@@ -362,3 +362,85 @@ async fn garbage_rows_go_to_the_error_queue_and_good_messages_around_them_are_ha
     );
     assert_eq!(db.count("SELECT count(*) FROM bus.mixed_queue").await, 0);
 }
+
+/// Times `rounds` receives of ten, each in its own committed transaction, starting at
+/// `position` and carrying the position forward as a worker does (or not, when
+/// `remember` is false); returns the median time of one receive.
+async fn time_receives(
+    client: &mut transport_pg::tokio_postgres::Client,
+    statement: &str,
+    mut position: i64,
+    remember: bool,
+    rounds: usize,
+) -> Duration {
+    let statement = client.prepare(statement).await.unwrap();
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let tx = client.transaction().await.unwrap();
+        let started = std::time::Instant::now();
+        let rows = tx.query(&statement, &[&position, &10i64]).await.unwrap();
+        times.push(started.elapsed());
+        tx.commit().await.unwrap();
+        assert_eq!(rows.len(), 10, "the queue ran dry");
+        if remember {
+            position = rows.iter().map(|r| r.get::<_, i64>(0)).max().unwrap();
+        }
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timing_a_receive_after_200000_deletes_stays_near_its_speed_on_a_fresh_table() {
+    let _serial = tests::TIMING.lock().await;
+    let db = TestDb::new().await;
+    install_only(&db.database(), "churned").await;
+    let mut client = db.database().connect("test").await.unwrap();
+    // Keep the dead rows in the index, as a busy queue between vacuums has them.
+    client
+        .batch_execute("ALTER TABLE bus.churned_queue SET (autovacuum_enabled = off)")
+        .await
+        .unwrap();
+    let statement = transport_pg::sql::QueueStatements::new(
+        &transport_pg::EndpointName::new("churned").unwrap().tables(),
+    )
+    .receive;
+    let fill = |n: i64| {
+        format!(
+            "INSERT INTO bus.churned_queue (message_id, headers, body) \
+             SELECT gen_random_uuid(), '{{\"message_type\": \"t.T\"}}', '\\x80' \
+             FROM generate_series(1, {n})"
+        )
+    };
+
+    client.batch_execute(&fill(3000)).await.unwrap();
+    let fresh = time_receives(&mut client, &statement, 0, true, 200).await;
+    client
+        .batch_execute("DELETE FROM bus.churned_queue")
+        .await
+        .unwrap();
+
+    client.batch_execute(&fill(200_000)).await.unwrap();
+    let last_dead: i64 = client
+        .query_one("SELECT max(seq) FROM bus.churned_queue", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("DELETE FROM bus.churned_queue")
+        .await
+        .unwrap();
+    client.batch_execute(&fill(5000)).await.unwrap();
+
+    let remembered = time_receives(&mut client, &statement, last_dead, true, 200).await;
+    let from_start = time_receives(&mut client, &statement, 0, false, 50).await;
+    println!(
+        "receive of 10: fresh table {fresh:?}; after 200,000 deletes {remembered:?} from the \
+         remembered position, {from_start:?} from the start"
+    );
+    let bound = fresh * 4 + Duration::from_millis(1);
+    assert!(
+        remembered <= bound,
+        "{remembered:?} against {fresh:?} fresh"
+    );
+}
