@@ -39,6 +39,10 @@ pub enum Mode {
     SendToGhost,
     /// Fail every time.
     AlwaysFail,
+    /// Record it, then fail on the first two attempts.
+    FailTwice,
+    /// Fail permanently with "order <text> was declined".
+    Decline,
 }
 
 /// The business table of the test handlers: no unique index, so duplicates would show.
@@ -97,6 +101,17 @@ impl Handler<Note> for Recorder {
                 ctx.send_to("ghost", &note)?;
             }
             Mode::AlwaysFail => return Err(HandlerError::msg("always failing")),
+            Mode::FailTwice => {
+                if ctx.failed_attempts() < 2 {
+                    return Err(HandlerError::msg("failing the first two attempts"));
+                }
+            }
+            Mode::Decline => {
+                return Err(HandlerError::msg(format!(
+                    "order {} was declined",
+                    note.text
+                )));
+            }
         }
         Ok(())
     }
@@ -230,4 +245,34 @@ pub async fn warm_up(db: &TestDb, to: &str, count: usize) {
     })
     .await;
     assert!(warmed, "warm-up notes handled");
+}
+
+/// Fails every note while `broken` is set, recording the instant of every attempt.
+pub struct Switch {
+    pub broken: Arc<std::sync::atomic::AtomicBool>,
+    pub attempts: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+}
+
+impl Handler<Note> for Switch {
+    async fn handle(&self, note: Note, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        self.attempts
+            .lock()
+            .unwrap()
+            .push(std::time::Instant::now());
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(HandlerError::msg("the switch is off"));
+        }
+        ctx.tx()
+            .execute(
+                "INSERT INTO public.records (message_id, text, failed_attempts, headers) \
+                 VALUES ($1, $2, $3, '{}')",
+                &[
+                    &ctx.message_id(),
+                    &note.text,
+                    &(ctx.failed_attempts() as i32),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
 }

@@ -7,5 +7,6 @@ mod fixtures;
 mod install;
 mod process;
 mod receive;
+mod recoverability;
 mod send;
 mod wakeup;

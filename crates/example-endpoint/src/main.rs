@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use example_endpoint::{SCHEMA_SQL, Work, WorkHandler};
-use transport_pg::{Database, EndpointBuilder, Shutdown, error_chain};
+use transport_pg::{Database, EndpointBuilder, RetryPolicy, Shutdown, error_chain};
 
 /// An endpoint that records the work it is given in example.handled.
 #[derive(Debug, Parser)]
@@ -27,9 +27,21 @@ struct Args {
     #[arg(long, env = "EXAMPLE_BATCH_SIZE", default_value_t = 1)]
     batch_size: usize,
 
-    /// Attempts before a failing message goes to the error queue.
-    #[arg(long, env = "EXAMPLE_MAX_ATTEMPTS", default_value_t = 5)]
-    max_attempts: u32,
+    /// Immediate retries of a failing message.
+    #[arg(long, env = "EXAMPLE_IMMEDIATE_RETRIES", default_value_t = 3)]
+    immediate_retries: u32,
+
+    /// Delayed retries after the immediate ones, before the error queue.
+    #[arg(long, env = "EXAMPLE_DELAYED_RETRIES", default_value_t = 3)]
+    delayed_retries: u32,
+
+    /// Milliseconds before the first delayed retry; later ones grow by the factor.
+    #[arg(long, env = "EXAMPLE_RETRY_DELAY_MS", default_value_t = 10_000)]
+    retry_delay_ms: u64,
+
+    /// Growth of the delay from one delayed retry to the next (at least 1).
+    #[arg(long, env = "EXAMPLE_RETRY_BACKOFF", default_value_t = 3.0)]
+    retry_backoff: f64,
 
     /// Milliseconds in-flight handlers get to finish after SIGTERM.
     #[arg(long, env = "EXAMPLE_GRACE_MS", default_value_t = 10_000)]
@@ -70,7 +82,13 @@ async fn run(args: Args) -> Result<Shutdown, Box<dyn std::error::Error>> {
         })
         .concurrency(args.concurrency)
         .batch_size(args.batch_size)
-        .max_attempts(args.max_attempts)
+        .retry_policy(RetryPolicy {
+            immediate: args.immediate_retries,
+            delayed: args.delayed_retries,
+            first_delay: Duration::from_millis(args.retry_delay_ms),
+            backoff_factor: args.retry_backoff,
+            ..RetryPolicy::default()
+        })
         .wakeups(!args.no_wakeups)
         .start()
         .await?;

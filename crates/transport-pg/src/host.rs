@@ -24,6 +24,7 @@ use crate::install::install_endpoint;
 use crate::migrate::{bus_migrations, migrate};
 use crate::name::EndpointName;
 use crate::receive::{CarefulMode, Pump, PumpConfig};
+use crate::recoverability::{RetryPolicy, Throttle};
 use crate::send::{DEFAULT_MAX_BODY_BYTES, Origin, Routes, Sender};
 use crate::sql::QueueStatements;
 use crate::wakeup::{Notifier, WakeupListener};
@@ -109,9 +110,24 @@ impl EndpointBuilder {
         self
     }
 
-    /// Attempts before a failing message goes to the error queue (default 5).
+    /// At most `attempts` tries, all immediate, then the error queue: a shorthand for
+    /// [`retry_policy`](EndpointBuilder::retry_policy).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.config.max_attempts = attempts;
+        self.config.retry = RetryPolicy::immediate_only(attempts);
+        self
+    }
+
+    /// The retry policy (default [`RetryPolicy::default`]).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// Consecutive failures that start the outage throttle (default 40; 0 turns it off),
+    /// and the pause between messages while it lasts (default 1 s).
+    pub fn throttle(mut self, after_failures: u32, pause: Duration) -> Self {
+        self.config.throttle_after = after_failures;
+        self.config.throttle_pause = pause;
         self
     }
 
@@ -148,8 +164,12 @@ impl EndpointBuilder {
         if self.config.concurrency == 0 {
             return Err(Error::Config("concurrency must be at least 1".to_owned()));
         }
-        if self.config.max_attempts == 0 {
-            return Err(Error::Config("max attempts must be at least 1".to_owned()));
+        let factor = self.config.retry.backoff_factor;
+        if factor.is_nan() || factor < 1.0 {
+            return Err(Error::Config(format!(
+                "retry back-off factor {} must be at least 1",
+                self.config.retry.backoff_factor
+            )));
         }
         Ok(name)
     }
@@ -196,6 +216,7 @@ impl EndpointBuilder {
             config: self.config.clone(),
             careful: CarefulMode::new(),
             claim_class: claim_class(&name),
+            throttle: Throttle::new(self.config.throttle_after, self.config.throttle_pause),
         });
 
         // Without a listener the wake channel never changes, and workers poll.
@@ -233,6 +254,7 @@ impl EndpointBuilder {
         );
         Ok(Endpoint {
             name,
+            pump,
             sender,
             stop: stop_tx,
             workers,
@@ -245,6 +267,7 @@ impl EndpointBuilder {
 #[must_use = "an endpoint runs until shut down; keep it and call shutdown"]
 pub struct Endpoint {
     name: EndpointName,
+    pump: Arc<Pump>,
     sender: Sender,
     stop: watch::Sender<bool>,
     workers: JoinSet<()>,
@@ -266,6 +289,19 @@ impl Endpoint {
     /// The endpoint's name.
     pub fn name(&self) -> &EndpointName {
         &self.name
+    }
+
+    /// Whether the pump is still in its careful start-up mode.
+    pub fn is_careful(&self) -> bool {
+        self.pump
+            .careful
+            .active
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the outage throttle is on.
+    pub fn is_throttled(&self) -> bool {
+        self.pump.throttle.is_active()
     }
 
     /// A sender whose messages come from this endpoint (replies come back to it).

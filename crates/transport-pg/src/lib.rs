@@ -69,7 +69,7 @@ mod connect;
 mod delayed;
 mod envelope;
 mod error;
-mod error_queue;
+pub mod error_queue;
 mod executor;
 mod failure;
 mod handler;
@@ -79,6 +79,7 @@ mod migrate;
 mod name;
 mod panic_location;
 mod receive;
+mod recoverability;
 mod send;
 pub mod sql;
 pub mod wakeup;
@@ -89,6 +90,7 @@ pub use envelope::{
     header,
 };
 pub use error::{Error, Result, chain as error_chain};
+pub use error_queue::{FailedSelection, RetryReport, retry_failed};
 pub use executor::Executor;
 pub use failure::{HandlerError, fingerprint, normalize};
 pub use handler::{Context, Handler, Tx};
@@ -97,6 +99,7 @@ pub use install::{INSTALLER_VERSION, InstallOutcome, install_endpoint};
 pub use migrate::{MigrationSet, bus_migrations, migrate};
 pub use name::{EndpointName, MAX_ENDPOINT_NAME_LEN, QueueTables};
 pub use receive::PumpConfig;
+pub use recoverability::{NextStep, RetryPolicy};
 pub use send::{DEFAULT_MAX_BODY_BYTES, Delivery, Outbox, Routes, Sender, SenderBuilder};
 
 /// This machine's host name, for the `sending_host` header.

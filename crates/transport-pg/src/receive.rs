@@ -31,6 +31,7 @@ use crate::failure::HandlerError;
 use crate::handler::{Context, ErasedHandler, Prepared};
 use crate::name::EndpointName;
 use crate::panic_location;
+use crate::recoverability::{NextStep, RetryPolicy, Throttle};
 use crate::send::{
     Delivery, Origin, Outgoing, Written, plan_writes, prepare_writes, run_writes, write_outgoing,
 };
@@ -44,8 +45,12 @@ pub struct PumpConfig {
     pub batch_size: usize,
     /// Worker tasks, each with its own connection while it holds a batch.
     pub concurrency: usize,
-    /// Attempts before a failing message goes to the error queue.
-    pub max_attempts: u32,
+    /// Retries before a failing message goes to the error queue.
+    pub retry: RetryPolicy,
+    /// Consecutive failures that start the outage throttle (0: never).
+    pub throttle_after: u32,
+    /// The pause between messages while throttled.
+    pub throttle_pause: Duration,
     /// The longest idle poll interval; the back-off doubles up to it from 1 ms.
     pub idle_poll_max: Duration,
 }
@@ -55,7 +60,9 @@ impl Default for PumpConfig {
         PumpConfig {
             batch_size: 1,
             concurrency: 4,
-            max_attempts: 5,
+            retry: RetryPolicy::default(),
+            throttle_after: 40,
+            throttle_pause: Duration::from_secs(1),
             idle_poll_max: Duration::from_secs(1),
         }
     }
@@ -77,6 +84,7 @@ pub(crate) struct Pump {
     pub careful: CarefulMode,
     /// The advisory lock class of this endpoint's claims.
     pub claim_class: i32,
+    pub throttle: Throttle,
 }
 
 /// Whether the pump is still in the careful mode it starts in, and the run of successes
@@ -258,15 +266,22 @@ impl Pump {
             }
 
             let careful = self.careful.active.load(Ordering::Relaxed);
+            let throttled = self.throttle.is_active();
             let received = if careful {
                 self.receive_careful(position).await
+            } else if throttled {
+                self.receive_throttled(position).await
             } else {
                 self.receive_batch(position).await
             };
             match received {
                 Ok(outcome) => {
                     error_backoff = Duration::from_millis(100);
-                    let asked = if careful { 1 } else { self.config.batch_size };
+                    let asked = if careful || throttled {
+                        1
+                    } else {
+                        self.config.batch_size
+                    };
                     if outcome.taken < asked {
                         position = 0;
                         last_reset = Instant::now();
@@ -325,6 +340,10 @@ impl Pump {
     /// if anything in the pipeline fails, rolls it back and retakes the same messages
     /// one at a time, unpipelined, so the failing one is isolated.
     async fn receive_batch(&self, position: i64) -> Result<BatchOutcome> {
+        self.receive_up_to(position, self.config.batch_size).await
+    }
+
+    async fn receive_up_to(&self, position: i64, batch_size: usize) -> Result<BatchOutcome> {
         let client = self.pool.get().await?;
         let receive = client
             .prepare_cached(&self.statements.receive)
@@ -333,7 +352,7 @@ impl Pump {
         let tx = OpenTx::new(client);
 
         // BEGIN, the receive and the first message's savepoint in one round trip.
-        let limit = self.config.batch_size as i64;
+        let limit = batch_size as i64;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&position, &limit];
         // `biased` polls in order, so the requests go out in order: BEGIN first.
         let (begun, rows, savepoint) = tokio::join!(
@@ -376,6 +395,22 @@ impl Pump {
             }
         }
         Ok(BatchOutcome { taken, last_seq })
+    }
+
+    /// While throttled: one message at a time across the process, then a pause.
+    async fn receive_throttled(&self, position: i64) -> Result<BatchOutcome> {
+        let _alone = self.throttle.one_at_a_time.lock().await;
+        if !self.throttle.is_active() {
+            return Ok(BatchOutcome {
+                taken: 1,
+                last_seq: position,
+            });
+        }
+        let outcome = self.receive_up_to(position, 1).await?;
+        if outcome.taken > 0 && self.throttle.is_active() {
+            tokio::time::sleep(self.throttle.pause).await;
+        }
+        Ok(outcome)
     }
 
     /// Decodes rows, sorts them by seq and then (stably) by lock key.
@@ -587,6 +622,9 @@ impl Pump {
             .map_err(Error::db("commit"))?;
         tx.release_claims().await?;
         self.wake(written);
+        if self.throttle.is_active() {
+            tokio::time::sleep(self.throttle.pause).await;
+        }
         Ok(BatchOutcome {
             taken: 1,
             last_seq: seq,
@@ -711,10 +749,11 @@ impl Pump {
             .batch_execute("ROLLBACK TO SAVEPOINT handler; RELEASE SAVEPOINT handler")
             .await
             .map_err(Error::db("rollback to savepoint"))?;
-        self.put_back_or_fail(client, received, headers, &message_type, &failure)
+        let put_back = self
+            .put_back_or_fail(client, received, headers, &message_type, &failure)
             .await?;
         Ok(Handled {
-            written: Vec::new(),
+            written: put_back,
             succeeded: false,
         })
     }
@@ -741,6 +780,7 @@ impl Pump {
 
     /// Counts a success, leaving the careful mode after a run of them.
     fn succeeded(&self, received: &Received, message_type: &str) {
+        self.throttle.succeeded(self.endpoint.as_str());
         trace!(
             target: "pgbus::handled",
             endpoint = %self.endpoint,
@@ -847,8 +887,9 @@ impl Pump {
         }
     }
 
-    /// Puts a failed message back with its counter raised, or moves it to the error
-    /// queue when it is out of attempts or its failure is permanent.
+    /// Puts a failed message back with its counters raised: into the queue for an
+    /// immediate retry, into the delayed table for a delayed one, or into the error
+    /// queue when its retries are used up or its failure is permanent.
     async fn put_back_or_fail(
         &self,
         client: &Object,
@@ -856,29 +897,47 @@ impl Pump {
         mut headers: Headers,
         message_type: &str,
         failure: &HandlerError,
-    ) -> Result<()> {
+    ) -> Result<Vec<Written>> {
+        self.throttle.failed(self.endpoint.as_str());
         let failed_attempts = headers.counter(header::FAILED_ATTEMPTS) + 1;
         headers.insert(header::FAILED_ATTEMPTS, failed_attempts.to_string());
 
-        if failure.is_permanent() || failed_attempts >= self.config.max_attempts {
-            let details = FailureDetails::from_handler(message_type, failure);
-            let failed = FailedMessage {
-                message_id: received.message_id,
-                message_type: Some(message_type),
-                headers: Some(&headers),
-                raw_headers: &received.raw_headers,
-                body: &received.body,
-                enqueued_at: Some(received.enqueued_at),
-            };
-            return move_to_error_queue(client, &self.endpoint, &failed, &details).await;
-        }
+        let step = self
+            .config
+            .retry
+            .next_step(failed_attempts, failure.is_permanent());
+        let delivery = match step {
+            NextStep::Fail => {
+                let details = FailureDetails::from_handler(message_type, failure);
+                let failed = FailedMessage {
+                    message_id: received.message_id,
+                    message_type: Some(message_type),
+                    headers: Some(&headers),
+                    raw_headers: &received.raw_headers,
+                    body: &received.body,
+                    enqueued_at: Some(received.enqueued_at),
+                };
+                move_to_error_queue(client, &self.endpoint, &failed, &details).await?;
+                return Ok(Vec::new());
+            }
+            NextStep::RetryNow => Delivery::Now,
+            NextStep::RetryAfter(delay) => {
+                let rounds = headers.counter(header::DELAYED_RETRIES) + 1;
+                headers.insert(header::DELAYED_RETRIES, rounds.to_string());
+                Delivery::After(delay)
+            }
+        };
 
         warn!(
             endpoint = %self.endpoint,
             message_id = %received.message_id,
             message_type,
             attempt = failed_attempts,
-            max_attempts = self.config.max_attempts,
+            tries = self.config.retry.total_tries(),
+            delay_ms = match delivery {
+                Delivery::After(d) => d.as_millis() as u64,
+                _ => 0,
+            },
             error_kind = failure.kind(),
             error = %failure,
             "handler failed; message put back for another attempt"
@@ -888,11 +947,10 @@ impl Pump {
             message_id: received.message_id,
             headers,
             body: received.body.clone(),
-            delivery: Delivery::Now,
+            delivery,
             saga_id: None,
         };
-        write_outgoing(client, std::slice::from_ref(&again)).await?;
-        Ok(())
+        write_outgoing(client, std::slice::from_ref(&again)).await
     }
 }
 
