@@ -276,3 +276,47 @@ impl Handler<Note> for Switch {
         Ok(())
     }
 }
+
+/// An event for the publish/subscribe tests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Happened {
+    pub text: String,
+}
+
+impl Message for Happened {
+    const NAME: &'static str = "test.Happened";
+    const KIND: MessageKind = MessageKind::Event;
+}
+
+/// Records each event as `<endpoint>:<text>`; on "ask" text it replies with a Note.
+pub struct EventRecorder;
+
+impl Handler<Happened> for EventRecorder {
+    async fn handle(&self, event: Happened, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        let text = format!("{}:{}", ctx.endpoint(), event.text);
+        ctx.tx()
+            .execute(
+                "INSERT INTO public.records (message_id, text, failed_attempts, headers) \
+                 VALUES ($1, $2, 0, '{}')",
+                &[&ctx.message_id(), &text],
+            )
+            .await?;
+        if event.text == "ask" {
+            ctx.reply(&Note {
+                text: format!("reply from {}", ctx.endpoint()),
+                ..Note::default()
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts endpoint `name` subscribed to [`Happened`].
+pub async fn start_subscriber(db: &Database, name: &str) -> Endpoint {
+    EndpointBuilder::new(name, db.clone())
+        .handler::<Happened, _>(EventRecorder)
+        .idle_poll_max(Duration::from_millis(200))
+        .start()
+        .await
+        .expect("subscriber starts")
+}

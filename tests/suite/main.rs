@@ -6,6 +6,7 @@ mod delayed;
 mod fixtures;
 mod install;
 mod process;
+mod pubsub;
 mod receive;
 mod recoverability;
 mod send;

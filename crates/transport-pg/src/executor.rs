@@ -6,8 +6,8 @@
 
 use std::future::Future;
 
-use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 /// Prepares and runs statements with bind parameters.
 pub trait Executor: Sync {
@@ -24,6 +24,13 @@ pub trait Executor: Sync {
         statement: &Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send;
+
+    /// Runs a prepared query, returning its rows.
+    fn query_statement(
+        &self,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send;
 
     /// Prepares (or finds) `sql` and runs it.
     fn execute_cached(
@@ -55,6 +62,14 @@ macro_rules! cached_executor {
             ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
                 self.execute(statement, params)
             }
+
+            fn query_statement(
+                &self,
+                statement: &Statement,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send {
+                self.query(statement, params)
+            }
         }
     };
 }
@@ -75,6 +90,14 @@ macro_rules! plain_executor {
                 params: &[&(dyn ToSql + Sync)],
             ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
                 self.execute(statement, params)
+            }
+
+            fn query_statement(
+                &self,
+                statement: &Statement,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send {
+                self.query(statement, params)
             }
         }
     };

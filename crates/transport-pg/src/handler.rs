@@ -20,7 +20,9 @@ use crate::envelope::{Headers, decode_body, header};
 use crate::error::Result;
 use crate::executor::Executor;
 use crate::failure::HandlerError;
+use crate::name::EndpointName;
 use crate::send::{Delivery, Origin, Outgoing};
+use crate::subscriptions::Publication;
 
 /// Handles messages of type `M`.
 ///
@@ -135,6 +137,14 @@ impl Executor for Tx<'_> {
     ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
         self.client.execute(statement, params)
     }
+
+    fn query_statement(
+        &self,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send {
+        self.client.query(statement, params)
+    }
 }
 
 /// What a handler runs with: the incoming message's headers, the open transaction and
@@ -145,6 +155,7 @@ pub struct Context<'a> {
     message_id: Uuid,
     origin: &'a Origin,
     pub(crate) outgoing: Vec<Outgoing>,
+    pub(crate) publications: Vec<Publication>,
 }
 
 impl<'a> Context<'a> {
@@ -160,6 +171,7 @@ impl<'a> Context<'a> {
             message_id,
             origin,
             outgoing: Vec::new(),
+            publications: Vec::new(),
         }
     }
 
@@ -181,6 +193,111 @@ impl<'a> Context<'a> {
     /// How many times this message has failed before this attempt.
     pub fn failed_attempts(&self) -> u32 {
         self.headers.counter(header::FAILED_ATTEMPTS)
+    }
+
+    /// The name of the endpoint this handler runs in.
+    pub fn endpoint(&self) -> &str {
+        &self.origin.name
+    }
+
+    /// Publishes event `message`: one copy to every endpoint subscribed to its type,
+    /// written when the handler returns and visible at commit.
+    pub fn publish<M: Message>(&mut self, message: &M) -> Result<Uuid> {
+        let mut template =
+            self.origin
+                .envelope_for(message, self.origin_self(), "publish", Some(self.headers))?;
+        template.delivery = Delivery::Now;
+        let id = template.message_id;
+        self.publications.push(Publication {
+            message_type: M::NAME.to_owned(),
+            template,
+        });
+        Ok(id)
+    }
+
+    /// Replies to the incoming message's sender (its `reply_to` header). A reply to a
+    /// message a saga sent carries that saga's id and type back.
+    pub fn reply<M: Message>(&mut self, message: &M) -> Result<Uuid> {
+        let Some(reply_to) = self.headers.get(header::REPLY_TO).map(str::to_owned) else {
+            return Err(crate::Error::Config(format!(
+                "cannot reply to message {}: it has no {} header",
+                self.message_id,
+                header::REPLY_TO
+            )));
+        };
+        let mut outgoing =
+            self.origin
+                .envelope(message, Some(&reply_to), "reply", Some(self.headers))?;
+        for name in [header::SAGA_ID, header::SAGA_TYPE, header::CORRELATION_ID] {
+            if let Some(value) = self.headers.get(name) {
+                outgoing.headers.insert(name, value);
+            }
+        }
+        let id = outgoing.message_id;
+        self.outgoing.push(outgoing);
+        Ok(id)
+    }
+
+    /// Sends `message` to `endpoint` (or its route) with extra headers, such as a saga's
+    /// id on a request whose reply must find the saga again.
+    pub fn send_with_headers<M: Message>(
+        &mut self,
+        endpoint: Option<&str>,
+        message: &M,
+        headers: &[(&str, &str)],
+    ) -> Result<Uuid> {
+        let mut outgoing = self
+            .origin
+            .envelope(message, endpoint, "send", Some(self.headers))?;
+        for (name, value) in headers {
+            outgoing.headers.insert(*name, *value);
+        }
+        let id = outgoing.message_id;
+        self.outgoing.push(outgoing);
+        Ok(id)
+    }
+
+    /// Requests a timeout for a saga: `message` comes back to this endpoint after
+    /// `delay`, with intent `timeout` and the saga's id and type in its headers. It waits
+    /// in this endpoint's delayed table, tagged with the saga id, so
+    /// [`cancel_timeouts`](Context::cancel_timeouts) can remove it.
+    pub fn request_timeout<M: Message>(
+        &mut self,
+        delay: Duration,
+        message: &M,
+        saga_id: Uuid,
+        saga_type: &str,
+    ) -> Result<Uuid> {
+        let mut outgoing =
+            self.origin
+                .envelope_for(message, self.origin_self(), "timeout", Some(self.headers))?;
+        outgoing
+            .headers
+            .insert(header::SAGA_ID, saga_id.to_string());
+        outgoing.headers.insert(header::SAGA_TYPE, saga_type);
+        outgoing.delivery = Delivery::After(delay);
+        outgoing.saga_id = Some(saga_id);
+        let id = outgoing.message_id;
+        self.outgoing.push(outgoing);
+        Ok(id)
+    }
+
+    /// Deletes every pending timeout of `saga_id` from this endpoint's delayed table,
+    /// inside the receive transaction; returns how many were deleted. Timeouts requested
+    /// by this same handler call are not yet written and are not affected.
+    pub async fn cancel_timeouts(&self, saga_id: Uuid) -> Result<u64> {
+        let delayed = self.origin_self().tables().delayed;
+        self.tx
+            .execute(&crate::sql::delayed::delete_for_saga(&delayed), &[&saga_id])
+            .await
+            .map_err(crate::error::Error::db("cancel saga timeouts"))
+    }
+
+    fn origin_self(&self) -> EndpointName {
+        self.origin
+            .reply_to
+            .clone()
+            .expect("a handler always runs in an endpoint, which has a queue")
     }
 
     /// Sends command `message` to the endpoint its route names. The row is written when
@@ -244,6 +361,9 @@ pub(crate) struct Prepared {
 
 /// A handler with its message type erased, so the host can keep one table of them.
 pub(crate) trait ErasedHandler: Send + Sync {
+    /// Command or event; endpoints subscribe to the events they handle.
+    fn message_kind(&self) -> message::MessageKind;
+
     /// Decodes the body; the error is the reason recorded in the error queue.
     fn prepare(&self, content_type: Option<&str>, body: &[u8]) -> Result<Prepared, String>;
 
@@ -270,6 +390,10 @@ impl<M, H> TypedHandler<M, H> {
 }
 
 impl<M: Message, H: Handler<M>> ErasedHandler for TypedHandler<M, H> {
+    fn message_kind(&self) -> message::MessageKind {
+        M::KIND
+    }
+
     fn prepare(&self, content_type: Option<&str>, body: &[u8]) -> Result<Prepared, String> {
         let message: M = decode_body(content_type, body)?;
         let lock_key = self.handler.lock_key(&message);

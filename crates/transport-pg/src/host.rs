@@ -27,6 +27,7 @@ use crate::receive::{CarefulMode, Pump, PumpConfig};
 use crate::recoverability::{RetryPolicy, Throttle};
 use crate::send::{DEFAULT_MAX_BODY_BYTES, Origin, Routes, Sender};
 use crate::sql::QueueStatements;
+use crate::subscriptions::{SUBSCRIPTION_CACHE_TTL, SubscriberCache, subscribe};
 use crate::wakeup::{Notifier, WakeupListener};
 
 /// The largest batch: more than 64 savepoints in one transaction overflow PostgreSQL's
@@ -182,6 +183,14 @@ impl EndpointBuilder {
         migrate(&self.db, &bus_migrations()).await?;
         let mut client = self.db.connect("installer").await?;
         install_endpoint(&mut client, &name).await?;
+        let events: Vec<String> = self
+            .handlers
+            .iter()
+            .filter(|(_, h)| h.message_kind() == message::MessageKind::Event)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let event_names: Vec<&str> = events.iter().map(String::as_str).collect();
+        subscribe(&client, &name, &event_names).await?;
         drop(client);
 
         // One connection per worker, one for the mover, and two spare for sends from
@@ -202,6 +211,7 @@ impl EndpointBuilder {
             routes: self.routes,
             max_body: self.max_body,
             extra_headers: self.headers,
+            subscribers: SubscriberCache::default(),
         });
         let sender = Sender::from_parts(origin.clone(), pool.clone(), notifier.clone());
 
@@ -243,6 +253,11 @@ impl EndpointBuilder {
             workers.spawn(pump.clone().run_worker(worker, wake.clone(), stop.clone()));
         }
 
+        // Publishers may hold a subscriber list this old: after this wait, every event
+        // whose publishing transaction begins reaches this endpoint.
+        if !events.is_empty() {
+            tokio::time::sleep(SUBSCRIPTION_CACHE_TTL).await;
+        }
         info!(endpoint = %name, "starting in careful mode: one claimed message at a time");
         info!(
             endpoint = %name,

@@ -82,6 +82,7 @@ mod receive;
 mod recoverability;
 mod send;
 pub mod sql;
+mod subscriptions;
 pub mod wakeup;
 
 pub use connect::{Database, DatabaseSettings};
@@ -101,6 +102,7 @@ pub use name::{EndpointName, MAX_ENDPOINT_NAME_LEN, QueueTables};
 pub use receive::PumpConfig;
 pub use recoverability::{NextStep, RetryPolicy};
 pub use send::{DEFAULT_MAX_BODY_BYTES, Delivery, Outbox, Routes, Sender, SenderBuilder};
+pub use subscriptions::{SUBSCRIPTION_CACHE_TTL, decommission, subscribe, unsubscribe};
 
 /// This machine's host name, for the `sending_host` header.
 pub(crate) fn host_name() -> String {

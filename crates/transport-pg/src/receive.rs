@@ -758,7 +758,8 @@ impl Pump {
         })
     }
 
-    /// Runs the handler, catching a panic; returns the messages it sent.
+    /// Runs the handler, catching a panic; returns the messages it sent, with every
+    /// publication expanded into one copy per subscriber.
     async fn run_handler(
         &self,
         client: &Object,
@@ -772,10 +773,21 @@ impl Pump {
             .catch_unwind()
             .await;
         match result {
-            Ok(Ok(())) => Ok(std::mem::take(&mut ctx.outgoing)),
-            Ok(Err(failure)) => Err(failure),
-            Err(payload) => Err(HandlerError::from_panic(&*payload, panic_location::take())),
+            Ok(Ok(())) => {}
+            Ok(Err(failure)) => return Err(failure),
+            Err(payload) => {
+                return Err(HandlerError::from_panic(&*payload, panic_location::take()));
+            }
         }
+
+        let mut outgoing = std::mem::take(&mut ctx.outgoing);
+        let publications = std::mem::take(&mut ctx.publications);
+        drop(ctx);
+        if !publications.is_empty() {
+            let copies = self.origin.subscribers.expand(client, publications).await?;
+            outgoing.extend(copies);
+        }
+        Ok(outgoing)
     }
 
     /// Counts a success, leaving the careful mode after a run of them.

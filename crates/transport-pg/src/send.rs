@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::name::EndpointName;
 use crate::sql;
+use crate::subscriptions::{Publication, SubscriberCache};
 use crate::wakeup::Notifier;
 
 /// The default limit on an encoded body: 4 MiB.
@@ -104,6 +105,8 @@ pub(crate) struct Origin {
     pub max_body: usize,
     /// Headers put on every message, such as a run id.
     pub extra_headers: Headers,
+    /// Subscriber lists for publishing.
+    pub subscribers: SubscriberCache,
 }
 
 impl Origin {
@@ -126,6 +129,17 @@ impl Origin {
                     message_type: M::NAME.to_owned(),
                 })?,
         };
+        self.envelope_for(message, destination, intent, cause)
+    }
+
+    /// Builds the envelope for `message` to a destination already resolved.
+    pub fn envelope_for<M: Message>(
+        &self,
+        message: &M,
+        destination: EndpointName,
+        intent: &str,
+        cause: Option<&Headers>,
+    ) -> Result<Outgoing> {
         let body = encode_body(message, self.max_body)?;
         let message_id = Uuid::new_v4();
 
@@ -428,6 +442,7 @@ impl SenderBuilder {
                     routes: self.routes,
                     max_body: self.max_body,
                     extra_headers: self.headers,
+                    subscribers: SubscriberCache::default(),
                 }),
                 pool,
                 notifier,
@@ -482,6 +497,14 @@ impl Sender {
         Ok(id)
     }
 
+    /// Publishes event `message` to every subscriber in a transaction of its own.
+    pub async fn publish<M: Message>(&self, message: &M) -> Result<Uuid> {
+        let mut outbox = self.outbox();
+        let id = outbox.publish(message)?;
+        self.commit_alone(outbox).await?;
+        Ok(id)
+    }
+
     /// Sends `message` to `endpoint` in a transaction of its own.
     pub async fn send_to<M: Message>(&self, endpoint: &str, message: &M) -> Result<Uuid> {
         let mut outbox = self.outbox();
@@ -495,6 +518,7 @@ impl Sender {
         Outbox {
             sender: self.clone(),
             messages: Vec::new(),
+            publications: Vec::new(),
         }
     }
 
@@ -504,7 +528,7 @@ impl Sender {
         &self.inner.pool
     }
 
-    async fn commit_alone(&self, outbox: Outbox) -> Result<()> {
+    async fn commit_alone(&self, mut outbox: Outbox) -> Result<()> {
         let mut client = self.inner.pool.get().await?;
         let tx = client
             .transaction()
@@ -537,6 +561,7 @@ impl Sender {
 pub struct Outbox {
     sender: Sender,
     messages: Vec<Outgoing>,
+    publications: Vec<Publication>,
 }
 
 impl Outbox {
@@ -605,18 +630,42 @@ impl Outbox {
         Ok(id)
     }
 
-    /// How many messages are in it.
+    /// Adds event `message`, one copy per subscriber of its type.
+    pub fn publish<M: Message>(&mut self, message: &M) -> Result<Uuid> {
+        let origin = &self.sender.inner.origin;
+        // The destination is a placeholder; each subscriber's copy replaces it.
+        let placeholder = EndpointName::new("unrouted")?;
+        let template = origin.envelope_for(message, placeholder, "publish", None)?;
+        let id = template.message_id;
+        self.publications.push(Publication {
+            message_type: M::NAME.to_owned(),
+            template,
+        });
+        Ok(id)
+    }
+
+    /// How many messages and publications are in it.
     pub fn len(&self) -> usize {
-        self.messages.len()
+        self.messages.len() + self.publications.len()
     }
 
     /// Whether it is empty.
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.len() == 0
     }
 
-    /// Writes every message inside the caller's open transaction.
-    pub async fn write(&self, exec: &impl Executor) -> Result<()> {
+    /// Writes every message inside the caller's open transaction; publications become
+    /// one copy per subscriber, as the subscriptions stand now.
+    pub async fn write(&mut self, exec: &impl Executor) -> Result<()> {
+        let publications = std::mem::take(&mut self.publications);
+        let copies = self
+            .sender
+            .inner
+            .origin
+            .subscribers
+            .expand(exec, publications)
+            .await?;
+        self.messages.extend(copies);
         write_outgoing(exec, &self.messages).await?;
         Ok(())
     }

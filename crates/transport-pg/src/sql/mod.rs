@@ -6,6 +6,7 @@
 pub mod delayed;
 pub mod error_queue;
 pub mod queue;
+pub mod subscription;
 
 use crate::name::{EndpointName, QueueTables};
 
