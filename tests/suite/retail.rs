@@ -154,13 +154,19 @@ async fn sql(db: &TestDb, statement: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retail_migrate_applies_both_sets_and_is_idempotent() {
     let db = TestDb::empty().await;
+    let (code, output) = retail(&db, &["verify"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("run `retail migrate` first"), "{output}");
+
     for _ in 0..2 {
         let (code, output) = retail(&db, &["migrate"]).await;
         assert_eq!(code, Some(0), "{output}");
     }
+    let files = (::retail::migrations().runner)().get_migrations().len() as i64;
     assert_eq!(
         db.count("SELECT count(*) FROM retail.schema_history").await,
-        6
+        files,
+        "every file of migrations/retail applied once"
     );
     assert!(db.count("SELECT count(*) FROM bus.schema_history").await >= 2);
     for table in [
