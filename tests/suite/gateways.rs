@@ -377,3 +377,44 @@ async fn health_help_and_clear_errors_for_bad_flags_or_no_database() {
         no_db.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timing_a_key_left_in_flight_by_a_killed_gateway_settles_after_a_restart() {
+    let db = TestDb::new().await;
+    let mut first = start(&db, &["--settle-ms", "60000"]).await;
+    let key = api::charge_key("o-crash");
+    let request = charge("o-crash", "tok_slow");
+    charge_and_hang_up(&first.addr, &key, &request).await;
+    assert_eq!(
+        ledger(&db, "o-crash").await,
+        [("charge".to_owned(), "in_flight".to_owned(), 1)]
+    );
+    first.process.signal("KILL");
+    first.process.wait_exit(Duration::from_secs(10)).await;
+
+    // The new process finds the key in flight, older than its settle time, and settles it.
+    let mut second = start(&db, &["--settle-ms", "500"]).await;
+    assert!(
+        second.process.has_line("resumed=1"),
+        "{}",
+        second.process.log()
+    );
+    let settled = tests::wait_until(Duration::from_secs(10), || async {
+        ledger(&db, "o-crash").await.first().map(|r| r.1.as_str()) == Some("succeeded")
+    })
+    .await;
+    assert!(settled, "never settled; log:\n{}", second.process.log());
+    let reply = succeeded(second.client.charge(&key, &request).await);
+    assert!(reply.charge_id.is_some());
+
+    second.process.signal("TERM");
+    assert_eq!(
+        second.process.wait_exit(Duration::from_secs(20)).await,
+        Some(0)
+    );
+    assert!(
+        second.process.has_line("stopped cleanly"),
+        "{}",
+        second.process.log()
+    );
+}
