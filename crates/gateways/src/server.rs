@@ -104,7 +104,7 @@ impl App {
         self.tasks.spawn(async move {
             let answer = app.settle_with_retries(&key, &request, elapsed).await;
             if let Some(answer) = &answer {
-                info!(key = %key, operation = request.operation.as_str(),
+                debug!(key = %key, operation = request.operation.as_str(),
                     order_id = %request.order_id, status = answer.http_status, "settled");
             }
             answer
