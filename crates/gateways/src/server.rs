@@ -1,6 +1,6 @@
 //! The HTTP server: routes, request checks, fault injection, and the settle tasks.
 //!
-//! A request's key is recorded first ([`ledger::record`]). The request that inserted it
+//! A request's key is recorded first (`ledger::record`). The request that inserted it
 //! spawns a settle task and waits for it; the task, not the HTTP handler, decides the
 //! outcome and writes it, so a caller that hangs up (a dropped handler) cannot leave a
 //! key in flight for ever: a slow charge settles after [`Config::settle`] whoever is

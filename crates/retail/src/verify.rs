@@ -6,7 +6,7 @@
 //! or shipped when the ledger holds a succeeded charge, refund or shipment for its order
 //! id (a shipment row in `shipping.shipments`, or Sales saying `shipped`, also counts as
 //! shipped). With a run id, only that run's orders and the queue and error-queue rows
-//! carrying it in [`RUN_ID_HEADER`](crate::RUN_ID_HEADER) count.
+//! carrying it in [`RUN_ID_HEADER`] count.
 
 use std::fmt;
 
