@@ -12,4 +12,5 @@ mod receive;
 mod recoverability;
 mod retail;
 mod send;
+mod staying_up;
 mod wakeup;

@@ -5,6 +5,7 @@
 //! its own database cloned from the template. Run outside that script, the fixtures fall
 //! back to `DATABASE_URL` and build the template themselves if it is missing.
 
+pub mod cluster;
 pub mod process;
 
 use std::future::Future;

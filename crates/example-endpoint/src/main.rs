@@ -5,15 +5,18 @@ use std::time::Duration;
 
 use clap::Parser;
 use example_endpoint::{SCHEMA_SQL, Work, WorkHandler};
+use service::{DatabaseArgs, LogArgs};
 use transport_pg::{Database, EndpointBuilder, RetryPolicy, Shutdown, error_chain};
 
 /// An endpoint that records the work it is given in example.handled.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    database: DatabaseArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
 
     /// Endpoint name (its queue is bus.<name>_queue).
     #[arg(long, env = "EXAMPLE_NAME", default_value = "example")]
@@ -54,14 +57,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
     let args = Args::parse();
+    service::init_logging(args.log.log_format, "info");
     match run(args).await {
         Ok(Shutdown::Clean) => ExitCode::SUCCESS,
         Ok(Shutdown::TimedOut) => ExitCode::from(3),
@@ -73,7 +70,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<Shutdown, Box<dyn std::error::Error>> {
-    let db = Database::from_url(&args.database_url)?;
+    let db = args.database.database()?;
     create_business_tables(&db).await?;
 
     let endpoint = EndpointBuilder::new(&args.name, db)

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::name::EndpointName;
+use crate::outage::{Backoff, Outage};
 use crate::sql::QueueStatements;
 use crate::wakeup::Notifier;
 
@@ -30,19 +31,25 @@ pub(crate) struct DueMessageMover {
     pub notifier: Option<Notifier>,
     /// The longest sleep between looks at the table, in case a notification was lost.
     pub max_sleep: Duration,
+    pub outage: Outage,
 }
 
 impl DueMessageMover {
     /// Runs until `stop` turns true.
     pub async fn run(self, mut wake: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
-        let mut error_backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut wake_closed = false;
+        let mut reported_down = false;
 
         while !*stop.borrow() {
             wake.borrow_and_update();
             let sleep = match self.move_due().await {
                 Ok(next) => {
-                    error_backoff = Duration::from_millis(100);
+                    backoff.reset();
+                    if reported_down {
+                        self.outage.restored("mover");
+                        reported_down = false;
+                    }
                     match next {
                         Some(wait) if wait.is_zero() => continue,
                         Some(wait) => wait.min(self.max_sleep),
@@ -50,14 +57,16 @@ impl DueMessageMover {
                     }
                 }
                 Err(error) => {
-                    warn!(
-                        endpoint = %self.endpoint,
-                        error = %crate::error::chain(&error),
-                        retry_in_ms = error_backoff.as_millis() as u64,
-                        "moving due messages failed"
-                    );
-                    error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
-                    error_backoff
+                    let delay = backoff.next_delay();
+                    let text = crate::error::chain(&error);
+                    if error.is_connection_problem() {
+                        self.outage.lost("mover", &text);
+                        reported_down = true;
+                    } else {
+                        warn!(endpoint = %self.endpoint, error = %text,
+                            retry_in_ms = delay.as_millis() as u64, "moving due messages failed");
+                    }
+                    delay
                 }
             };
 

@@ -137,6 +137,25 @@ impl Error {
         }
     }
 
+    /// Whether the failure means the database could not be reached or the connection was
+    /// lost (as opposed to a statement the server refused): what an outage is made of.
+    pub fn is_connection_problem(&self) -> bool {
+        match self {
+            Error::Pool { .. } | Error::Connect { .. } => true,
+            Error::Database { source, .. } => {
+                source.is_closed()
+                    || match source.code() {
+                        None => true,
+                        Some(code) => {
+                            let code = code.code();
+                            code.starts_with("08") || code.starts_with("57P")
+                        }
+                    }
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn db(op: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
         let op = op.into();
         move |source| Error::Database { op, source }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use message::Message;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::connect::Database;
 use crate::delayed::DueMessageMover;
@@ -23,6 +23,7 @@ use crate::handler::{ErasedHandler, Handler, TypedHandler};
 use crate::install::install_endpoint;
 use crate::migrate::{bus_migrations, migrate};
 use crate::name::EndpointName;
+use crate::outage::Outage;
 use crate::receive::{CarefulMode, Pump, PumpConfig};
 use crate::recoverability::{RetryPolicy, Throttle};
 use crate::send::{DEFAULT_MAX_BODY_BYTES, Origin, Routes, Sender};
@@ -175,6 +176,35 @@ impl EndpointBuilder {
         Ok(name)
     }
 
+    /// Warns, with the numbers, when this process would need more connections than the
+    /// server has free: the pool, plus the listener and the notifier.
+    async fn check_connection_budget(&self, name: &EndpointName, pool_size: usize) {
+        let needed = pool_size as i64 + if self.wakeups { 2 } else { 0 };
+        match self.db.connection_budget().await {
+            Ok((max_connections, reserved, in_use)) => {
+                let free = i64::from(max_connections) - i64::from(reserved) - in_use;
+                if needed > free {
+                    warn!(
+                        endpoint = %name,
+                        needed,
+                        free,
+                        max_connections,
+                        superuser_reserved = reserved,
+                        in_use,
+                        "this process may need more connections than the server has free; \
+                         lower the concurrency or raise max_connections"
+                    );
+                } else {
+                    debug!(endpoint = %name, needed, free, "connection budget fits");
+                }
+            }
+            Err(error) => {
+                debug!(endpoint = %name, error = %crate::error::chain(&error),
+                    "could not check the connection budget");
+            }
+        }
+    }
+
     /// Migrates, installs, and starts the workers; returns once the endpoint is ready.
     pub async fn start(mut self) -> Result<Endpoint> {
         let name = self.validate()?;
@@ -195,14 +225,25 @@ impl EndpointBuilder {
 
         // One connection per worker, one for the mover, and two spare for sends from
         // outside handlers.
-        let pool = self
-            .db
-            .pool(&format!("pgbus {name}"), self.config.concurrency + 3)?;
-        let notifier = self.wakeups.then(|| Notifier::start(self.db.clone()));
-        let (stop_tx, stop) = watch::channel(false);
-        let wakeups = self
+        let pool_size = self.config.concurrency + 3;
+        info!(
+            endpoint = %name,
+            database = ?self.db,
+            pool_size,
+            config = ?self.config,
+            wakeups = self.wakeups,
+            "effective configuration"
+        );
+        self.check_connection_budget(&name, pool_size).await;
+        let pool = self.db.pool(&format!("pgbus {name}"), pool_size)?;
+        let outage = Outage::new(name.as_str());
+        let notifier = self
             .wakeups
-            .then(|| WakeupListener::start(self.db.clone(), name.clone(), stop.clone()));
+            .then(|| Notifier::start(self.db.clone(), outage.clone()));
+        let (stop_tx, stop) = watch::channel(false);
+        let wakeups = self.wakeups.then(|| {
+            WakeupListener::start(self.db.clone(), name.clone(), stop.clone(), outage.clone())
+        });
 
         let origin = Arc::new(Origin {
             name: name.to_string(),
@@ -227,6 +268,7 @@ impl EndpointBuilder {
             careful: CarefulMode::new(),
             claim_class: claim_class(&name),
             throttle: Throttle::new(self.config.throttle_after, self.config.throttle_pause),
+            outage: outage.clone(),
         });
 
         // Without a listener the wake channel never changes, and workers poll.
@@ -247,6 +289,7 @@ impl EndpointBuilder {
             } else {
                 self.config.idle_poll_max
             },
+            outage,
         };
         workers.spawn(mover.run(wake_delayed, stop.clone()));
         for worker in 0..self.config.concurrency {

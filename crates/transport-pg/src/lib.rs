@@ -77,6 +77,7 @@ mod host;
 mod install;
 mod migrate;
 mod name;
+pub mod outage;
 mod panic_location;
 mod receive;
 mod recoverability;

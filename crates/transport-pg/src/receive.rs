@@ -30,6 +30,7 @@ use crate::error_queue::{FailedMessage, FailureDetails, move_to_error_queue};
 use crate::failure::HandlerError;
 use crate::handler::{Context, ErasedHandler, Prepared};
 use crate::name::EndpointName;
+use crate::outage::{Backoff, Outage};
 use crate::panic_location;
 use crate::recoverability::{NextStep, RetryPolicy, Throttle};
 use crate::send::{
@@ -85,6 +86,7 @@ pub(crate) struct Pump {
     /// The advisory lock class of this endpoint's claims.
     pub claim_class: i32,
     pub throttle: Throttle,
+    pub outage: Outage,
 }
 
 /// Whether the pump is still in the careful mode it starts in, and the run of successes
@@ -253,8 +255,10 @@ impl Pump {
         let mut idle = min_idle;
         let mut position = 0i64;
         let mut last_reset = Instant::now();
-        let mut error_backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut wake_closed = false;
+        let task = format!("worker {worker}");
+        let mut reported_down = false;
 
         while !*stop.borrow() {
             // Marks the current wake-up as seen, so one arriving during the receive below
@@ -276,7 +280,11 @@ impl Pump {
             };
             match received {
                 Ok(outcome) => {
-                    error_backoff = Duration::from_millis(100);
+                    backoff.reset();
+                    if reported_down {
+                        self.outage.restored(&task);
+                        reported_down = false;
+                    }
                     let asked = if careful || throttled {
                         1
                     } else {
@@ -294,18 +302,22 @@ impl Pump {
                     }
                 }
                 Err(error) => {
-                    warn!(
-                        endpoint = %self.endpoint,
-                        worker,
-                        error = %crate::error::chain(&error),
-                        retry_in_ms = error_backoff.as_millis() as u64,
-                        "receive failed"
-                    );
+                    let delay = backoff.next_delay();
+                    let text = crate::error::chain(&error);
+                    if error.is_connection_problem() {
+                        // Logged once per outage by the tracker, not on every attempt.
+                        self.outage.lost(&task, &text);
+                        reported_down = true;
+                        debug!(endpoint = %self.endpoint, worker, error = %text,
+                            retry_in_ms = delay.as_millis() as u64, "receive failed");
+                    } else {
+                        warn!(endpoint = %self.endpoint, worker, error = %text,
+                            retry_in_ms = delay.as_millis() as u64, "receive failed");
+                    }
                     tokio::select! {
-                        _ = tokio::time::sleep(error_backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = stop.changed() => {}
                     }
-                    error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             }

@@ -432,7 +432,10 @@ impl SenderBuilder {
         let pool = self
             .db
             .pool(&format!("pgbus sender {}", self.name), self.pool_size)?;
-        let notifier = self.wakeups.then(|| Notifier::start(self.db.clone()));
+        let outage = crate::outage::Outage::new(&self.name);
+        let notifier = self
+            .wakeups
+            .then(|| Notifier::start(self.db.clone(), outage));
         Ok(Sender {
             inner: Arc::new(SenderInner {
                 origin: Arc::new(Origin {

@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::connect::Database;
 use crate::name::EndpointName;
+use crate::outage::{Backoff, Outage};
 
 /// The shortest gap between two notifications to one destination.
 pub const COALESCE_INTERVAL: Duration = Duration::from_millis(5);
@@ -48,13 +49,14 @@ struct NotifierShared {
 }
 
 impl Notifier {
-    /// Starts the notifier task for this process; it makes its own connection.
-    pub fn start(db: Database) -> Notifier {
+    /// Starts the notifier task for this process; it makes its own connection and
+    /// reports losing it to `outage`.
+    pub fn start(db: Database, outage: Outage) -> Notifier {
         let shared = Arc::new(NotifierShared {
             pending: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
         });
-        tokio::spawn(run_notifier(db, Arc::downgrade(&shared)));
+        tokio::spawn(run_notifier(db, Arc::downgrade(&shared), outage));
         Notifier { shared }
     }
 
@@ -77,8 +79,9 @@ impl Notifier {
 }
 
 /// Sends pending notifications until every [`Notifier`] handle is dropped.
-async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>) {
+async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>, outage: Outage) {
     let mut client: Option<tokio_postgres::Client> = None;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut last_sent: BTreeMap<(String, &'static str), Instant> = BTreeMap::new();
     let mut held: BTreeSet<(String, &'static str)> = BTreeSet::new();
 
@@ -109,6 +112,27 @@ async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>) {
         drop(shared);
         held.extend(marked);
 
+        // A connection the server closed (a restart, pg_terminate_backend) is noticed
+        // here, within a second even when idle, so its outage is counted with the rest.
+        if client.as_ref().is_some_and(|c| c.is_closed()) {
+            outage.lost("notifier", "notifier connection closed");
+            client = None;
+        }
+        if client.is_none() && (outage.is_down() || !held.is_empty()) {
+            client = connect_notifier(&db).await;
+            match client {
+                Some(_) => {
+                    backoff.reset();
+                    outage.restored("notifier");
+                }
+                None => {
+                    outage.lost("notifier", "cannot connect");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+        }
+
         let now = Instant::now();
         let ready: Vec<(String, &'static str)> = held
             .iter()
@@ -123,13 +147,6 @@ async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>) {
             continue;
         }
 
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = connect_notifier(&db).await;
-            if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        }
         let channels: Vec<&str> = ready.iter().map(|(c, _)| c.as_str()).collect();
         let payloads: Vec<&str> = ready.iter().map(|(_, p)| *p).collect();
         let sent = client
@@ -151,6 +168,7 @@ async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>) {
             }
             Err(error) => {
                 debug!(%error, "notify failed; will reconnect");
+                outage.lost("notifier", &error.to_string());
                 client = None;
             }
         }
@@ -193,10 +211,17 @@ pub struct WakeupListener;
 impl WakeupListener {
     /// Starts listening for `endpoint`; returns the receivers to wait on. The task ends
     /// when `stop` turns true.
-    pub fn start(db: Database, endpoint: EndpointName, stop: watch::Receiver<bool>) -> Wakeups {
+    pub fn start(
+        db: Database,
+        endpoint: EndpointName,
+        stop: watch::Receiver<bool>,
+        outage: Outage,
+    ) -> Wakeups {
         let (queue_tx, queue) = watch::channel(0u64);
         let (delayed_tx, delayed) = watch::channel(0u64);
-        tokio::spawn(run_listener(db, endpoint, queue_tx, delayed_tx, stop));
+        tokio::spawn(run_listener(
+            db, endpoint, queue_tx, delayed_tx, stop, outage,
+        ));
         Wakeups { queue, delayed }
     }
 }
@@ -207,9 +232,10 @@ async fn run_listener(
     queue: watch::Sender<u64>,
     delayed: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
+    outage: Outage,
 ) {
     let channel = channel(&endpoint);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
 
     while !*stop.borrow() {
@@ -217,13 +243,14 @@ async fn run_listener(
         let (client, mut messages) = match connected {
             Ok(pair) => pair,
             Err(error) => {
-                debug!(endpoint = %endpoint, error = %crate::error::chain(&error),
+                let text = crate::error::chain(&error);
+                outage.lost("listener", &text);
+                debug!(endpoint = %endpoint, error = %text,
                     "listener cannot connect; receivers poll meanwhile");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = stop.changed() => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -232,11 +259,13 @@ async fn run_listener(
         // beyond the double quotes.
         let listen = format!("LISTEN \"{channel}\"");
         if let Err(error) = client.batch_execute(&listen).await {
-            warn!(endpoint = %endpoint, %error, "LISTEN failed");
-            tokio::time::sleep(backoff).await;
+            outage.lost("listener", &error.to_string());
+            debug!(endpoint = %endpoint, %error, "LISTEN failed");
+            tokio::time::sleep(backoff.next_delay()).await;
             continue;
         }
-        backoff = Duration::from_millis(100);
+        backoff.reset();
+        outage.restored("listener");
         debug!(endpoint = %endpoint, channel, "listening for wake-ups");
 
         // Anything sent while we were not listening was missed: receive everything.
@@ -249,6 +278,7 @@ async fn run_listener(
                     Some(n) if n.payload() == DELAYED_PAYLOAD => bump(&delayed),
                     Some(_) => bump(&queue),
                     None => {
+                        outage.lost("listener", "listener connection lost");
                         debug!(endpoint = %endpoint, "listener connection lost; reconnecting");
                         break;
                     }
