@@ -40,11 +40,18 @@ async fn eight_installers_at_once_on_an_empty_database_make_one_set_of_tables() 
         );
 
         let tables = db
-            .count("SELECT count(*) FROM pg_tables WHERE schemaname = 'bus'")
+            .count(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'bus' \
+                 AND tablename IN ('racer_queue', 'racer_delayed')",
+            )
             .await;
-        // endpoints, failed_messages, schema_history, racer_queue, racer_delayed
-        assert_eq!(tables, 5, "round {round}");
-        assert_eq!(db.count("SELECT count(*) FROM bus.schema_history").await, 2);
+        assert_eq!(tables, 2, "round {round}: one queue and one delayed table");
+        let migrations = (bus_migrations().runner)().get_migrations().len() as i64;
+        assert_eq!(
+            db.count("SELECT count(*) FROM bus.schema_history").await,
+            migrations,
+            "round {round}: every migration applied once"
+        );
         assert_eq!(
             db.count("SELECT installer_version::bigint FROM bus.endpoints WHERE name = 'racer'")
                 .await,

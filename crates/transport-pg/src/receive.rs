@@ -140,6 +140,9 @@ enum Parsed {
     },
 }
 
+/// A message ready for its handler: headers, type name, handler, decoded value.
+type Ready = (Headers, String, Arc<dyn ErasedHandler>, Prepared);
+
 /// What one receive did.
 struct BatchOutcome {
     taken: usize,
@@ -470,32 +473,14 @@ impl Pump {
             } else {
                 "RELEASE SAVEPOINT handler; SAVEPOINT handler"
             };
-            let (headers, message_type, handler, prepared) = match parsed {
-                Parsed::Poison {
-                    headers,
-                    message_type,
-                    details,
-                } => {
-                    self.poison(
-                        client,
-                        &received,
-                        headers.as_ref(),
-                        message_type.as_deref(),
-                        &details,
-                    )
-                    .await?;
-                    client
-                        .batch_execute(tail)
-                        .await
-                        .map_err(Error::db("release"))?;
-                    continue;
-                }
-                Parsed::Ready {
-                    headers,
-                    message_type,
-                    handler,
-                    prepared,
-                } => (headers, message_type, handler, prepared),
+            let Some((headers, message_type, handler, prepared)) =
+                self.ready_or_poison(client, &received, parsed).await?
+            else {
+                client
+                    .batch_execute(tail)
+                    .await
+                    .map_err(Error::db("release"))?;
+                continue;
             };
 
             match self
@@ -686,31 +671,13 @@ impl Pump {
         received: &Received,
         parsed: Parsed,
     ) -> Result<Handled> {
-        let (headers, message_type, handler, prepared) = match parsed {
-            Parsed::Poison {
-                headers,
-                message_type,
-                details,
-            } => {
-                self.poison(
-                    client,
-                    received,
-                    headers.as_ref(),
-                    message_type.as_deref(),
-                    &details,
-                )
-                .await?;
-                return Ok(Handled {
-                    written: Vec::new(),
-                    succeeded: true,
-                });
-            }
-            Parsed::Ready {
-                headers,
-                message_type,
-                handler,
-                prepared,
-            } => (headers, message_type, handler, prepared),
+        let Some((headers, message_type, handler, prepared)) =
+            self.ready_or_poison(client, received, parsed).await?
+        else {
+            return Ok(Handled {
+                written: Vec::new(),
+                succeeded: true,
+            });
         };
 
         client
@@ -768,6 +735,34 @@ impl Pump {
             written: put_back,
             succeeded: false,
         })
+    }
+
+    /// A decoded message ready for its handler; poison goes to the error queue and
+    /// yields `None`.
+    async fn ready_or_poison(
+        &self,
+        client: &Object,
+        received: &Received,
+        parsed: Parsed,
+    ) -> Result<Option<Ready>> {
+        match parsed {
+            Parsed::Ready {
+                headers,
+                message_type,
+                handler,
+                prepared,
+            } => Ok(Some((headers, message_type, handler, prepared))),
+            Parsed::Poison {
+                headers,
+                message_type,
+                details,
+            } => {
+                let (headers, message_type) = (headers.as_ref(), message_type.as_deref());
+                self.poison(client, received, headers, message_type, &details)
+                    .await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Runs the handler, catching a panic; returns the messages it sent, with every

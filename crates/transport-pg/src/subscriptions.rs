@@ -33,10 +33,13 @@ pub(crate) struct Publication {
     pub template: Outgoing,
 }
 
+/// A subscriber list and when it was read.
+type CachedList = (Instant, Arc<Vec<EndpointName>>);
+
 /// Subscriber lists by event type, each at most [`SUBSCRIPTION_CACHE_TTL`] old.
 #[derive(Debug, Default)]
 pub(crate) struct SubscriberCache {
-    entries: Mutex<HashMap<String, (Instant, Arc<Vec<EndpointName>>)>>,
+    entries: Mutex<HashMap<String, CachedList>>,
 }
 
 impl SubscriberCache {
