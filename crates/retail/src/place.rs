@@ -238,6 +238,8 @@ pub async fn place(db: &Database, options: &PlaceOptions) -> Result<PlaceReport>
         report.resubmitted += 1;
     }
 
+    // The client exits next; without this the last orders would wait for Sales's poll.
+    sender.flush_wakeups().await?;
     info!(
         run_id = %report.run_id,
         normal = report.normal,

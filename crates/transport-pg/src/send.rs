@@ -525,6 +525,15 @@ impl Sender {
         }
     }
 
+    /// Sends now the wake-ups of every message committed so far, instead of leaving them
+    /// to the background notifier; call it before a short-lived process exits, or its
+    /// receivers find the last messages only at their next poll.
+    pub async fn flush_wakeups(&self) -> Result<()> {
+        let Some(notifier) = &self.inner.notifier else { return Ok(()) };
+        let client = self.inner.pool.get().await?;
+        notifier.flush(&client).await
+    }
+
     /// The sender's pool, for callers that want their business writes in the same
     /// transaction as their sends.
     pub fn pool(&self) -> &Pool {

@@ -45,6 +45,8 @@ pub struct Notifier {
 struct NotifierShared {
     // Written by every committing task, drained by the notifier task.
     pending: Mutex<BTreeSet<(String, &'static str)>>,
+    // Every mark since the last flush, for a process about to exit.
+    since_flush: Mutex<BTreeSet<(String, &'static str)>>,
     wake: Notify,
 }
 
@@ -54,6 +56,7 @@ impl Notifier {
     pub fn start(db: Database, outage: Outage) -> Notifier {
         let shared = Arc::new(NotifierShared {
             pending: Mutex::new(BTreeSet::new()),
+            since_flush: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
         });
         tokio::spawn(run_notifier(db, Arc::downgrade(&shared), outage));
@@ -71,22 +74,48 @@ impl Notifier {
     }
 
     fn mark_with(&self, destination: &EndpointName, payload: &'static str) {
+        let key = (channel(destination), payload);
         let mut pending = self.shared.pending.lock().expect("notifier lock poisoned");
-        pending.insert((channel(destination), payload));
+        pending.insert(key.clone());
         drop(pending);
+        self.shared
+            .since_flush
+            .lock()
+            .expect("notifier lock poisoned")
+            .insert(key);
         self.shared.wake.notify_one();
+    }
+
+    /// Sends, on `client` and now, a notification for everything marked since the last
+    /// flush, for a short-lived process about to exit before the background task would
+    /// have sent them. A notification sent twice is harmless.
+    pub async fn flush(&self, client: &tokio_postgres::Client) -> crate::Result<()> {
+        let marked = std::mem::take(&mut *self.shared.since_flush.lock().expect("lock poisoned"));
+        if marked.is_empty() {
+            return Ok(());
+        }
+        let channels: Vec<&str> = marked.iter().map(|(c, _)| c.as_str()).collect();
+        let payloads: Vec<&str> = marked.iter().map(|(_, p)| *p).collect();
+        client
+            .execute(
+                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS u(c, p)",
+                &[&channels, &payloads],
+            )
+            .await
+            .map_err(crate::error::Error::db("flush notifications"))?;
+        Ok(())
     }
 }
 
 /// Sends pending notifications until every [`Notifier`] handle is dropped.
-async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>, outage: Outage) {
+async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outage: Outage) {
     let mut client: Option<tokio_postgres::Client> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut last_sent: BTreeMap<(String, &'static str), Instant> = BTreeMap::new();
     let mut held: BTreeSet<(String, &'static str)> = BTreeSet::new();
 
     loop {
-        let Some(shared) = shared.upgrade() else {
+        let Some(shared) = weak.upgrade() else {
             return;
         };
 
@@ -162,6 +191,11 @@ async fn run_notifier(db: Database, shared: std::sync::Weak<NotifierShared>, out
                 for key in ready {
                     held.remove(&key);
                     last_sent.insert(key, now);
+                }
+                // What the task sent needs no flush at exit. (A mark made meanwhile may be
+                // dropped here too; the receivers' poll covers it.)
+                if let Some(shared) = weak.upgrade() {
+                    shared.since_flush.lock().expect("notifier lock poisoned").clear();
                 }
                 // Forget destinations idle for a while, so the map stays small.
                 last_sent.retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
