@@ -6,6 +6,7 @@ mod delayed;
 mod fixtures;
 mod gateways;
 mod install;
+mod pgbus;
 mod process;
 mod pubsub;
 mod receive;

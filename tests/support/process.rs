@@ -12,6 +12,8 @@ pub struct Process {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     name: String,
+    /// The tasks reading stdout and stderr; they end when the streams close.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Process {
@@ -36,22 +38,24 @@ impl Process {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr piped");
         let stdout = child.stdout.take().expect("stdout piped");
+        let mut readers = Vec::with_capacity(2);
         for stream in [
             Box::new(stderr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
             Box::new(stdout),
         ] {
             let lines = lines.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut reader = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
                     lines.lock().expect("log lock").push(strip_ansi(&line));
                 }
-            });
+            }));
         }
         Process {
             child,
             lines,
             name: name.to_owned(),
+            readers,
         }
     }
 
@@ -115,6 +119,22 @@ impl Process {
                 self.log()
             ),
         }
+    }
+
+    /// Waits for the process to exit and for its last output to be read, so that
+    /// [`log`](Process::log) then holds everything it printed; returns its exit code.
+    /// For short-lived commands whose output the test inspects.
+    pub async fn wait_output(&mut self, timeout: Duration) -> Option<i32> {
+        let code = self.wait_exit(timeout).await;
+        for reader in self.readers.drain(..) {
+            if tokio::time::timeout(timeout, reader).await.is_err() {
+                panic!(
+                    "{} exited but its output did not end within {timeout:?}",
+                    self.name
+                );
+            }
+        }
+        code
     }
 }
 

@@ -1,18 +1,63 @@
-//! `pgbus`: the operator's command line. For now it applies the framework's migrations;
-//! inspecting endpoints, queues, the error queue and sagas come with later releases.
+//! `pgbus`: the operator's command line for the PostgreSQL bus. It applies the bus
+//! migrations, lists endpoints and queues, inspects, retries and purges the error queue,
+//! peeks at waiting messages and shows saga state; see `pgbus --help`.
+//!
+//! Each command group has a module of its own; `table` and `output` print the results,
+//! as aligned tables for people or, with `--json`, as JSON for scripts.
+
+mod body;
+mod confirm;
+mod endpoints;
+mod error;
+mod errors;
+mod format;
+mod output;
+mod peek;
+mod queues;
+mod sql;
+mod table;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use transport_pg::{Database, bus_migrations, error_chain, migrate};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use service::{DatabaseArgs, LogArgs};
+use transport_pg::tokio_postgres::Client;
+use transport_pg::{Database, EndpointName, bus_migrations, error_chain, migrate};
 
-/// Operate a PostgreSQL message bus.
+use crate::error::{CliError, EXIT_USAGE, Result};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  runtime error: the database could not be reached, a statement failed, a retry could
+     not be delivered
+  2  usage error: an unknown flag, a bad value (endpoint name, duration, id), a missing
+     database URL
+  3  not found: the endpoint, queue, error-queue id, fingerprint or saga does not exist
+  4  not confirmed: a purge or decommission was declined, or asked for without a terminal
+     and without --yes";
+
+/// The exit codes in brief, under every command's help.
+const EXIT_CODES_SHORT: &str = "\
+Exit codes: 0 success, 1 runtime error, 2 usage error, 3 not found, 4 not confirmed \
+(see `pgbus --help`)";
+
+/// Operate a PostgreSQL message bus: endpoints, queues, the error queue and sagas.
+///
+/// Every command takes the connection flags (or DATABASE_URL) and --json, before or
+/// after the command name. Tables are for people; use --json in scripts.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
 struct Cli {
-    /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL", global = true)]
-    database_url: Option<String>,
+    #[command(flatten)]
+    database: DatabaseArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -22,37 +67,154 @@ struct Cli {
 enum Command {
     /// Apply the framework's schema migrations (migrations/bus).
     Migrate,
+
+    /// List the installed endpoints, their installer version and their subscriptions.
+    Endpoints,
+
+    /// Remove an endpoint's subscriptions, so publishers stop sending it copies.
+    Unsubscribe(endpoints::UnsubscribeArgs),
+
+    /// Remove an endpoint for good: its registration, subscriptions and tables.
+    Decommission(endpoints::DecommissionArgs),
+
+    /// Per endpoint: messages ready, delayed and due, the oldest's age, failed ones.
+    Queues,
+
+    /// The error queue: list, show, retry and purge failed messages.
+    #[command(subcommand)]
+    Errors(errors::ErrorsCommand),
+
+    /// Show the oldest waiting messages of a queue, decoded, without taking them.
+    Peek(peek::PeekArgs),
+}
+
+/// What every command gets: the database and the output mode.
+pub struct Ctx {
+    db: Database,
+    /// Print JSON instead of tables.
+    pub json: bool,
+}
+
+impl Ctx {
+    /// A connection of the command's own, outside any pool.
+    pub async fn client(&self) -> Result<Client> {
+        Ok(self.db.connect("cli").await?)
+    }
+}
+
+/// Parses an endpoint name for clap, so a bad one is a usage error (exit 2).
+pub fn parse_endpoint(name: &str) -> Result<EndpointName, String> {
+    EndpointName::new(name).map_err(|e| e.to_string())
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    service::init_logging(cli.log.log_format, "warn");
 
-    let cli = Cli::parse();
-    let Some(url) = cli.database_url else {
-        eprintln!("pgbus: no database given; pass --database-url or set DATABASE_URL");
-        return ExitCode::from(2);
-    };
-    let result = match cli.command {
-        Command::Migrate => run_migrate(&url).await,
-    };
-    match result {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("pgbus: {}", error_chain(&error));
-            ExitCode::FAILURE
+            if let Some(hint) = error.hint() {
+                eprintln!("pgbus: hint: {hint}");
+            }
+            ExitCode::from(error.exit_code())
         }
     }
 }
 
-async fn run_migrate(url: &str) -> Result<(), transport_pg::Error> {
-    let db = Database::from_url(url)?;
-    let applied = migrate(&db, &bus_migrations()).await?;
-    println!("bus schema up to date ({applied} migrations applied)");
-    Ok(())
+/// Parses the command line. The connection and output flags are made global, so that
+/// they work after the command name too; clap refuses required global flags, so the
+/// database URL is checked here instead.
+fn parse() -> Result<Cli, ExitCode> {
+    let command = Cli::command().mut_args(|arg| match arg.get_id().as_str() {
+        "help" | "version" => arg,
+        "json" | "log_format" => arg.global(true).help_heading("Output"),
+        // The URL may carry a password: never print it in the help.
+        "database_url" => arg
+            .global(true)
+            .required(false)
+            .hide_env_values(true)
+            .help_heading("Connection"),
+        _ => arg
+            .global(true)
+            .hide_short_help(true)
+            .help_heading("Connection"),
+    });
+    let mut matches = with_exit_codes(command).get_matches();
+    let url = matches.get_one::<String>("database_url");
+    if url.is_none_or(|url| url.trim().is_empty()) {
+        eprintln!("pgbus: no database given; pass --database-url or set DATABASE_URL");
+        return Err(ExitCode::from(EXIT_USAGE));
+    }
+    Cli::from_arg_matches_mut(&mut matches).map_err(|e| {
+        let _ = e.print();
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// Adds the short exit-code note to every command below the top, recursively.
+fn with_exit_codes(mut command: clap::Command) -> clap::Command {
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .filter(|name| name != "help")
+        .collect();
+    for name in names {
+        command = command.mut_subcommand(name, |sub| {
+            with_exit_codes(sub.after_help(EXIT_CODES_SHORT))
+        });
+    }
+    command
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx {
+        db: cli.database.database()?,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Migrate => run_migrate(&ctx).await,
+        Command::Endpoints => endpoints::list(&ctx).await,
+        Command::Unsubscribe(args) => endpoints::unsubscribe(&ctx, args).await,
+        Command::Decommission(args) => endpoints::decommission(&ctx, args).await,
+        Command::Queues => queues::list(&ctx).await,
+        Command::Errors(command) => errors::run(&ctx, command).await,
+        Command::Peek(args) => peek::run(&ctx, args).await,
+    }
+}
+
+async fn run_migrate(ctx: &Ctx) -> Result<()> {
+    let applied = migrate(&ctx.db, &bus_migrations()).await?;
+    if ctx.json {
+        output::json(&serde_json::json!({ "applied": applied }))
+    } else {
+        output::line(&format!(
+            "bus schema up to date ({applied} migrations applied)"
+        ))
+    }
+}
+
+/// Whether `endpoint` is in the registry, `bus.endpoints`.
+pub async fn is_registered(client: &Client, endpoint: &EndpointName) -> Result<bool> {
+    Ok(client
+        .query_one(sql::ENDPOINT_EXISTS, &[&endpoint.as_str()])
+        .await
+        .map_err(error::db(format!("look up endpoint {endpoint}")))?
+        .get(0))
+}
+
+/// Fails with [`CliError::NotFound`] unless `endpoint` is in the registry.
+pub async fn require_endpoint(client: &Client, endpoint: &EndpointName) -> Result<()> {
+    if is_registered(client, endpoint).await? {
+        Ok(())
+    } else {
+        Err(CliError::NotFound(format!(
+            "endpoint {endpoint} is not installed (see `pgbus endpoints`)"
+        )))
+    }
 }
