@@ -12,6 +12,7 @@ mod pubsub;
 mod receive;
 mod recoverability;
 mod retail;
+mod sagas;
 mod send;
 mod staying_up;
 mod wakeup;
