@@ -4,6 +4,8 @@
 //! It owns no behaviour of the bus; it only turns flags into a [`transport_pg::Database`]
 //! and a tracing subscriber, so that every binary reads its configuration the same way.
 
+pub mod endpoint;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
