@@ -239,6 +239,9 @@ pub async fn place(db: &Database, options: &PlaceOptions) -> Result<PlaceReport>
     }
 
     // The client exits next; without this the last orders would wait for Sales's poll.
+    // The flush takes a connection of its own from the one-connection pool, so give this
+    // one back first.
+    drop(client);
     sender.flush_wakeups().await?;
     info!(
         run_id = %report.run_id,
