@@ -1,0 +1,133 @@
+//! The events that move an order on, so that `sales.orders` alone answers "where is my
+//! order": OrderBilled, PaymentFailed and OrderShipped change its status (forward only,
+//! see [`OrderStatus::can_become`]); OrderShipped and PaymentRefunded tell the customer.
+//!
+//! Each event may arrive late, early or twice. A status that does not move changes
+//! nothing, and a notice is recorded only with the move it announces (or, for a refund,
+//! once per order), so a duplicate event never notifies twice.
+
+use messages::{OrderBilled, OrderShipped, PaymentFailed, PaymentRefunded};
+use tracing::debug;
+use transport_pg::{Context, Handler, HandlerError, Tx};
+
+use crate::error::{Error, Result};
+use crate::orders::{lock_status, notify};
+use crate::status::OrderStatus;
+use crate::{Sales, sql};
+
+impl Handler<OrderBilled> for Sales {
+    async fn handle(&self, billed: OrderBilled, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        self.advance(ctx.tx(), &billed.order_id, OrderStatus::Billed)
+            .await
+            .map(drop)
+            .map_err(Error::into_handler_error)
+    }
+
+    fn lock_key(&self, billed: &OrderBilled) -> Option<String> {
+        Some(billed.order_id.clone())
+    }
+}
+
+impl Handler<PaymentFailed> for Sales {
+    async fn handle(
+        &self,
+        failed: PaymentFailed,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), HandlerError> {
+        self.advance(ctx.tx(), &failed.order_id, OrderStatus::PaymentFailed)
+            .await
+            .map(drop)
+            .map_err(Error::into_handler_error)
+    }
+
+    fn lock_key(&self, failed: &PaymentFailed) -> Option<String> {
+        Some(failed.order_id.clone())
+    }
+}
+
+impl Handler<OrderShipped> for Sales {
+    async fn handle(
+        &self,
+        shipped: OrderShipped,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), HandlerError> {
+        self.shipped(&shipped, ctx.tx())
+            .await
+            .map_err(Error::into_handler_error)
+    }
+
+    fn lock_key(&self, shipped: &OrderShipped) -> Option<String> {
+        Some(shipped.order_id.clone())
+    }
+}
+
+impl Handler<PaymentRefunded> for Sales {
+    async fn handle(
+        &self,
+        refunded: PaymentRefunded,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), HandlerError> {
+        self.refunded(&refunded, ctx.tx())
+            .await
+            .map_err(Error::into_handler_error)
+    }
+
+    fn lock_key(&self, refunded: &PaymentRefunded) -> Option<String> {
+        Some(refunded.order_id.clone())
+    }
+}
+
+impl Sales {
+    /// Moves the order to `next` when its status allows; returns whether it moved.
+    async fn advance(&self, tx: &Tx<'_>, order_id: &str, next: OrderStatus) -> Result<bool> {
+        let status = lock_status(tx, order_id).await?;
+        if !status.can_become(next) {
+            debug!(instance = %self.instance, order_id, status = %status, event_status = %next,
+                "status not moved: the order is already there or further on");
+            return Ok(false);
+        }
+        tx.execute(sql::ORDER_SET_STATUS, &[&order_id, &next.as_str()])
+            .await
+            .map_err(Error::db("set the order's status", order_id))?;
+        debug!(instance = %self.instance, order_id, from = %status, to = %next,
+            "order status moved");
+        Ok(true)
+    }
+
+    async fn shipped(&self, shipped: &OrderShipped, tx: &Tx<'_>) -> Result<()> {
+        let id = &shipped.order_id;
+        if self.advance(tx, id, OrderStatus::Shipped).await? {
+            let notice = format!(
+                "Your order {id} is on its way; tracking number {}.",
+                shipped.tracking_number
+            );
+            notify(tx, id, "shipped", &notice).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the customer their money is back, once per order: the order row's lock
+    /// orders concurrent duplicates, and the second finds the first's notice.
+    async fn refunded(&self, refunded: &PaymentRefunded, tx: &Tx<'_>) -> Result<()> {
+        let id = &refunded.order_id;
+        lock_status(tx, id).await?;
+        let told: bool = tx
+            .query_one(sql::NOTIFICATION_EXISTS, &[id, &"refunded"])
+            .await
+            .map_err(Error::db("look up notifications", id))?
+            .get(0);
+        if told {
+            debug!(instance = %self.instance, order_id = %id,
+                "refund already notified; nothing to do");
+            return Ok(());
+        }
+        let notice = format!(
+            "The payment for order {id} was refunded ({} cents).",
+            refunded.amount_cents
+        );
+        notify(tx, id, "refunded", &notice).await?;
+        debug!(instance = %self.instance, order_id = %id, refund_id = %refunded.refund_id,
+            "refund notified");
+        Ok(())
+    }
+}
