@@ -170,6 +170,28 @@ async fn every_command_on_an_empty_database_gives_a_clear_answer() {
             3,
             "endpoint sales is not installed",
         ),
+        (
+            &["sagas", "show", "shop.Checkout", "o-1"],
+            3,
+            "no saga shop.Checkout with",
+        ),
+        (
+            &["sagas", "list", "shop.Checkout"],
+            0,
+            "no sagas of type shop.Checkout",
+        ),
+        (
+            &[
+                "sagas",
+                "list",
+                "shop.Checkout",
+                "--open",
+                "--older-than",
+                "1h",
+            ],
+            0,
+            "no open",
+        ),
     ];
     for (args, code, needle) in cases {
         let run = pgbus(&db, args).await;
@@ -194,6 +216,7 @@ async fn every_command_on_an_empty_database_gives_a_clear_answer() {
         &["queues", "--json"],
         &["errors", "list", "--json"],
         &["errors", "list", "--group", "--json"],
+        &["sagas", "list", "shop.Checkout", "--json"],
     ] {
         assert_eq!(
             pgbus(&db, args).await.json(),
@@ -236,6 +259,19 @@ async fn bad_arguments_are_usage_errors_and_a_missing_database_is_a_runtime_erro
             "expected <contract>.<Type>",
         ),
         (&["decommission"], "required"),
+        (
+            &["sagas", "show", "nodots", "o-1"],
+            "invalid saga type \"nodots\"",
+        ),
+        (&["sagas", "show", "shop.Checkout"], "required"),
+        (
+            &["sagas", "list", "shop.Checkout", "--older-than", "5x"],
+            "unknown unit \"x\"",
+        ),
+        (
+            &["sagas", "list", "shop.Checkout", "--older-than", "30"],
+            "has no unit",
+        ),
     ];
     for (args, needle) in usage {
         let run = pgbus(&db, args).await;
@@ -794,5 +830,138 @@ async fn decommission_asks_first_then_removes_the_endpoint_and_its_tables() {
     assert_eq!(
         pgbus(&db, &["endpoints", "--json"]).await.json(),
         Value::Array(vec![])
+    );
+}
+
+/// Inserts a saga row of `saga_type` for `correlation`, created `age` ago (an SQL
+/// interval), completed `completed` ago when given; returns its id.
+async fn insert_saga(
+    db: &TestDb,
+    saga_type: &str,
+    correlation: &str,
+    age: &str,
+    completed: Option<&str>,
+) -> Uuid {
+    let id = Uuid::new_v4();
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO bus.sagas (id, saga_type, correlation, state, data, version,
+                                    started_by, created_at, updated_at, completed_at)
+             VALUES ($1, $2, $3,
+                     CASE WHEN $5::text IS NULL THEN 'open' ELSE 'completed' END,
+                     jsonb_build_object('order', $3::text, 'billed', $5::text IS NOT NULL),
+                     2, 'shop.OrderPlaced',
+                     now() - $4::text::interval, now() - $4::text::interval,
+                     now() - $5::text::interval)",
+            &[&id, &saga_type, &correlation, &age, &completed],
+        )
+        .await
+        .expect("insert saga");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_show_finds_open_and_closed_ones_and_list_finds_the_stuck_one() {
+    let db = TestDb::new().await;
+    let stuck = insert_saga(&db, "shop.Checkout", "o-stuck", "3 hours", None).await;
+    insert_saga(&db, "shop.Checkout", "o-done", "2 hours", Some("1 hour")).await;
+    insert_saga(&db, "shop.Checkout", "o-fresh", "1 second", None).await;
+    insert_saga(&db, "shop.Other", "o-stuck", "5 hours", None).await;
+    // The stuck saga's pending timeout, in the delayed table of the endpoint running it.
+    install_only(&db.database(), "shipping").await;
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO bus.shipping_delayed (due_at, message_id, headers, body, saga_id)
+             VALUES (now() + interval '1 hour', gen_random_uuid(),
+                     '{\"message_type\": \"shop.PaymentDue\"}', '\\x80', $1)",
+            &[&stuck],
+        )
+        .await
+        .unwrap();
+
+    let open = pgbus(
+        &db,
+        &["sagas", "show", "shop.Checkout", "o-stuck", "--json"],
+    )
+    .await;
+    let open = open.json();
+    assert_eq!(open["id"], stuck.to_string());
+    assert_eq!(open["state"], "open");
+    assert_eq!(open["data"]["order"], "o-stuck");
+    assert!(open["completed_at"].is_null());
+    assert!(open["age_seconds"].as_f64().unwrap() >= 3.0 * 3600.0);
+    assert_eq!(open["timeouts"][0]["endpoint"], "shipping");
+    assert_eq!(open["timeouts"][0]["message_type"], "shop.PaymentDue");
+
+    let closed = pgbus(&db, &["sagas", "show", "shop.Checkout", "o-done"]).await;
+    closed.expect(0, "state         completed");
+    assert!(closed.out.contains("\"billed\": true"), "{}", closed.out);
+    assert!(
+        closed.out.contains("timeouts:     none pending"),
+        "{}",
+        closed.out
+    );
+    pgbus(&db, &["sagas", "show", "shop.Checkout", "o-nobody"])
+        .await
+        .expect(
+            3,
+            "no saga shop.Checkout with correlation value \"o-nobody\"",
+        );
+
+    let correlations = |list: Value| -> Vec<String> {
+        let list = list.as_array().expect("an array").clone();
+        list.iter()
+            .map(|s| s["correlation"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let args = [
+        "sagas",
+        "list",
+        "shop.Checkout",
+        "--open",
+        "--older-than",
+        "1h",
+        "--json",
+    ];
+    let stuck_list = pgbus(&db, &args).await.json();
+    assert_eq!(correlations(stuck_list), ["o-stuck"]);
+    let every = pgbus(&db, &["sagas", "list", "shop.Checkout", "--json"])
+        .await
+        .json();
+    assert_eq!(correlations(every), ["o-stuck", "o-done", "o-fresh"]);
+    let older = [
+        "sagas",
+        "list",
+        "shop.Checkout",
+        "--older-than",
+        "1h30m",
+        "--json",
+    ];
+    assert_eq!(
+        correlations(pgbus(&db, &older).await.json()),
+        ["o-stuck", "o-done"]
+    );
+
+    let table = pgbus(
+        &db,
+        &[
+            "sagas",
+            "list",
+            "shop.Checkout",
+            "--open",
+            "--older-than",
+            "1h",
+        ],
+    );
+    let table = table.await;
+    table.expect(0, "CORRELATION  STATE");
+    assert!(table.out.contains(&stuck.to_string()), "{}", table.out);
+    assert_eq!(
+        table.out.lines().count(),
+        2,
+        "a header and one saga:\n{}",
+        table.out
     );
 }

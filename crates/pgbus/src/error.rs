@@ -21,6 +21,10 @@ pub enum CliError {
     #[error(transparent)]
     Bus(#[from] transport_pg::Error),
 
+    /// A saga look-up failed.
+    #[error(transparent)]
+    Saga(#[from] persistence_pg::SagaError),
+
     /// A statement of the CLI's own failed.
     #[error("database error during {op}")]
     Database {
@@ -74,6 +78,7 @@ impl CliError {
     pub fn hint(&self) -> Option<&'static str> {
         let code = match self {
             CliError::Bus(error) => error.sqlstate(),
+            CliError::Saga(error) => error.sqlstate(),
             CliError::Database { source, .. } => source.code().map(|c| c.code()),
             _ => None,
         };

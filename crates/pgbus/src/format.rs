@@ -1,6 +1,6 @@
 //! How values are shown to people and read from them: ages, durations, times, short text.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// An age or a span in seconds, short: `850ms`, `42s`, `3m12s`, `2h05m`, `3d04h`.
 /// Negative spans (a due time in the future seen as an age) are shown as `-` prefixed.
@@ -28,6 +28,15 @@ pub fn span_or_dash(seconds: Option<f64>) -> String {
     seconds.map(span).unwrap_or_else(|| "-".to_owned())
 }
 
+/// `in 5m00s` for a due time ahead, `overdue by 3s` for one passed.
+pub fn due(seconds: f64) -> String {
+    if seconds >= 0.0 {
+        format!("in {}", span(seconds))
+    } else {
+        format!("overdue by {}", span(-seconds))
+    }
+}
+
 /// A point in time as RFC 3339 in UTC with milliseconds.
 pub fn time(at: SystemTime) -> String {
     transport_pg::format_rfc3339(at)
@@ -44,9 +53,81 @@ pub fn truncate(text: &str, max: usize) -> String {
     cut
 }
 
+/// Reads a duration such as `30s`, `5m`, `2h`, `1d` or `1h30m`; a bare number is refused,
+/// because minutes and seconds are both plausible and the wrong guess is costly.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("a duration cannot be empty; use e.g. 30s, 5m, 2h or 1d".to_owned());
+    }
+
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "{text:?} is not a duration: expected a number before {rest:?}"
+            ));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration: the number is too large"))?;
+        rest = &rest[digits..];
+
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds_per = match &rest[..unit_len] {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            "d" => 86_400,
+            "" => {
+                return Err(format!(
+                    "{text:?} has no unit: write e.g. {number}s, {number}m, {number}h or {number}d"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "{text:?} is not a duration: unknown unit {other:?} (use s, m, h or d)"
+                ));
+            }
+        };
+        let part = number
+            .checked_mul(seconds_per)
+            .ok_or_else(|| format!("{text:?} is too long a duration"))?;
+        total = total
+            .checked_add(Duration::from_secs(part))
+            .ok_or_else(|| format!("{text:?} is too long a duration"))?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{span, truncate};
+    use std::time::Duration;
+
+    use super::{parse_duration, span, truncate};
+
+    #[test]
+    fn reads_durations_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
+    }
+
+    #[test]
+    fn refuses_durations_without_a_known_unit() {
+        for bad in ["", "30", "5x", "m", "1.5h", "-5m", "99999999999999999999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 
     #[test]
     fn shows_spans_briefly() {

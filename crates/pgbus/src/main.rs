@@ -14,6 +14,7 @@ mod format;
 mod output;
 mod peek;
 mod queues;
+mod sagas;
 mod sql;
 mod table;
 
@@ -86,6 +87,10 @@ enum Command {
 
     /// Show the oldest waiting messages of a queue, decoded, without taking them.
     Peek(peek::PeekArgs),
+
+    /// Saga state: one saga by its correlation value, or the sagas of a type.
+    #[command(subcommand)]
+    Sagas(sagas::SagasCommand),
 }
 
 /// What every command gets: the database and the output mode.
@@ -185,6 +190,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Queues => queues::list(&ctx).await,
         Command::Errors(command) => errors::run(&ctx, command).await,
         Command::Peek(args) => peek::run(&ctx, args).await,
+        Command::Sagas(command) => sagas::run(&ctx, command).await,
     }
 }
 

@@ -162,10 +162,8 @@ fn render(m: &Peeked) -> String {
         out.push_str(&format!(", claims {claims}"));
     }
     if let Some(due_at) = &m.due_at {
-        out.push_str(&format!(
-            ", due {due_at} (in {})",
-            format::span_or_dash(m.due_in_seconds)
-        ));
+        let due = m.due_in_seconds.map_or_else(|| "-".to_owned(), format::due);
+        out.push_str(&format!(", due {due_at} ({due})"));
     }
     if let Some(saga_id) = m.saga_id {
         out.push_str(&format!(", saga {saga_id}"));

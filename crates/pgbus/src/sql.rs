@@ -168,3 +168,32 @@ WHERE id = ANY(ARRAY(
 RETURNING id, origin_queue"
     )
 }
+
+/// The delayed messages of saga `$1` (its pending timeouts) in one endpoint's delayed
+/// table, served by the table's partial index on `saga_id`.
+pub fn delayed_for_saga(delayed: &str) -> String {
+    format!(
+        "\
+SELECT due_at,
+       EXTRACT(EPOCH FROM due_at - now())::float8,
+       headers->>'message_type'
+FROM {delayed}
+WHERE saga_id = $1
+ORDER BY due_at"
+    )
+}
+
+/// Up to `$3` sagas of type `$1`, open or completed, created more than `$2` milliseconds
+/// ago, oldest first. persistence-pg lists only open ones (`list_open_sagas`); this is the
+/// listing without `--open`. The columns are those of its `SagaRecord`.
+pub const SAGA_LIST_ANY_STATE: &str = "\
+SELECT id, saga_type, correlation, state, data, version, started_by, originator,
+       created_at, updated_at, completed_at
+FROM bus.sagas
+WHERE saga_type = $1
+  AND created_at < now() - $2::bigint * interval '1 millisecond'
+ORDER BY created_at
+LIMIT $3";
+
+/// The database's clock, against which saga ages are measured.
+pub const NOW: &str = "SELECT now()";
