@@ -196,6 +196,13 @@
 //! `created_at`, `updated_at`, `completed_at`. Operators read it with SQL, or through
 //! [`find_saga`], [`find_saga_by_id`] and [`list_open_sagas`].
 //!
+//! # Logs
+//!
+//! Each step's start, save and completion are debug events of target `pgbus::saga`, with
+//! `saga_type`, `saga_id`, `correlation`, `message_type` and `version`. A message consumed
+//! by the not-found rule, or a timeout of a closed saga, is logged at info; a failed purge
+//! and a malformed timeout at warn.
+//!
 //! # Limits
 //!
 //! - An endpoint that handles no messages of a saga type purges none of its records; an

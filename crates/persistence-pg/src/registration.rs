@@ -175,3 +175,40 @@ impl SagaEndpointExt for EndpointBuilder {
         saga.into().install(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NeverStarts;
+    impl Saga for NeverStarts {
+        const NAME: &'static str = "t.NeverStarts";
+        type Data = ();
+        fn messages(_: &mut SagaMessages<Self>) {}
+    }
+
+    struct BadName;
+    impl Saga for BadName {
+        const NAME: &'static str = "NoContract";
+        type Data = ();
+        fn messages(_: &mut SagaMessages<Self>) {}
+    }
+
+    fn builder() -> EndpointBuilder {
+        let db = transport_pg::Database::from_url("postgres://nobody@127.0.0.1/none")
+            .expect("a URL that parses; nothing connects");
+        EndpointBuilder::new("sagas", db)
+    }
+
+    #[test]
+    #[should_panic(expected = "declares no message that may start it")]
+    fn a_saga_nothing_can_start_is_refused() {
+        let _ = SagaRegistration::new(NeverStarts).install(builder());
+    }
+
+    #[test]
+    #[should_panic(expected = "is not <contract>.<Type>")]
+    fn a_saga_type_name_without_a_contract_is_refused() {
+        let _ = SagaRegistration::new(BadName).install(builder());
+    }
+}

@@ -25,6 +25,9 @@ use crate::store::{self, Instance, NewSaga};
 /// inside the receive transaction it rides on.
 const PURGE_BATCH: i64 = 200;
 
+/// The log target of per-step events, so they can be switched on alone.
+const STEP_TARGET: &str = "pgbus::saga";
+
 /// How often the lock-or-create step may lose the insert and still find no row to lock.
 const LOCK_OR_CREATE_ATTEMPTS: u32 = 3;
 
@@ -280,6 +283,7 @@ impl<S: Saga> Runtime<S> {
         for _ in 0..LOCK_OR_CREATE_ATTEMPTS {
             if let Some(instance) = store::insert_if_absent(tx, &new).await? {
                 debug!(
+                    target: STEP_TARGET,
                     saga_type = S::NAME,
                     saga_id = %instance.id,
                     correlation,
@@ -339,6 +343,7 @@ impl<S: Saga> Runtime<S> {
                 }
             })?;
             debug!(
+                target: STEP_TARGET,
                 saga_type = S::NAME,
                 saga_id = %instance.id,
                 correlation = %instance.correlation,
@@ -361,6 +366,7 @@ impl<S: Saga> Runtime<S> {
             })?;
         }
         debug!(
+            target: STEP_TARGET,
             saga_type = S::NAME,
             saga_id = %instance.id,
             correlation = %instance.correlation,
@@ -474,5 +480,26 @@ fn classify(instance: Instance) -> Found {
         Found::Open(instance, false)
     } else {
         Found::Closed(instance)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registration::SagaMessages;
+
+    struct A;
+    impl Saga for A {
+        const NAME: &'static str = "t.A";
+        type Data = ();
+        fn messages(_: &mut SagaMessages<Self>) {}
+    }
+
+    #[test]
+    fn lock_keys_order_by_saga_type_first() {
+        // Type names have no ':', so a correlation value cannot move a key across types.
+        let mut keys = vec![lock_key::<A>("b"), "t.B:a".to_owned(), lock_key::<A>("a:z")];
+        keys.sort();
+        assert_eq!(keys, ["t.A:a:z", "t.A:b", "t.B:a"]);
     }
 }
