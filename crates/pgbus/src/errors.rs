@@ -239,7 +239,7 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
             f.message_type.clone().unwrap_or_else(|| "-".to_owned()),
             format!("{} ago", format::span_or_dash(f.age_seconds)),
             f.failed_attempts.to_string(),
-            f.error_kind.clone(),
+            format::short_kind(&f.error_kind),
             f.fingerprint.clone(),
             format::truncate(&f.error_message, 60),
         ]);
@@ -314,7 +314,7 @@ async fn list_groups(ctx: &Ctx, args: ListArgs) -> Result<()> {
             g.count.to_string(),
             g.queues.join(","),
             g.message_type.clone().unwrap_or_else(|| "-".to_owned()),
-            g.error_kind.clone(),
+            format::short_kind(&g.error_kind),
             format!("{} ago", format::span_or_dash(g.last_age_seconds)),
             g.sample_id.to_string(),
             format::truncate(&g.error_message, 60),

@@ -42,6 +42,17 @@ pub fn time(at: SystemTime) -> String {
     transport_pg::format_rfc3339(at)
 }
 
+/// An error kind short enough for a table column: a Rust path such as
+/// `transport_pg::error::Error::EndpointNotInstalled` keeps its last two segments
+/// (`Error::EndpointNotInstalled`); `errors show` and `--json` give the whole kind.
+pub fn short_kind(kind: &str) -> String {
+    let segments: Vec<&str> = kind.split("::").collect();
+    match segments.len() {
+        0..=2 => kind.to_owned(),
+        n => segments[n - 2..].join("::"),
+    }
+}
+
 /// `text` cut to at most `max` characters, with `…` marking the cut.
 pub fn truncate(text: &str, max: usize) -> String {
     let text = text.trim();
@@ -111,7 +122,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 mod tests {
     use std::time::Duration;
 
-    use super::{parse_duration, span, truncate};
+    use super::{parse_duration, short_kind, span, truncate};
 
     #[test]
     fn reads_durations_with_units() {
@@ -137,6 +148,16 @@ mod tests {
         assert_eq!(span(7_500.0), "2h05m");
         assert_eq!(span(273_600.0), "3d04h");
         assert_eq!(span(-90.0), "-1m30s");
+    }
+
+    #[test]
+    fn error_kinds_keep_their_last_two_segments() {
+        assert_eq!(
+            short_kind("transport_pg::error::Error::EndpointNotInstalled"),
+            "Error::EndpointNotInstalled"
+        );
+        assert_eq!(short_kind("panic"), "panic");
+        assert_eq!(short_kind("io::Error"), "io::Error");
     }
 
     #[test]
