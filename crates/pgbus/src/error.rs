@@ -5,7 +5,7 @@
 
 use transport_pg::tokio_postgres;
 
-/// A flag or argument that clap accepted but that makes no sense (exit 2).
+/// A usage error: a bad flag or value, as clap reports them, or a missing database URL.
 pub const EXIT_USAGE: u8 = 2;
 /// A failure at run time: the database, a query, a retry that could not be delivered.
 pub const EXIT_RUNTIME: u8 = 1;
@@ -47,10 +47,6 @@ pub enum CliError {
     #[error("{0}")]
     Incomplete(String),
 
-    /// Arguments that do not go together in a way clap cannot check.
-    #[error("{0}")]
-    Usage(String),
-
     /// The confirmation could not be read.
     #[error("could not read the confirmation from the terminal")]
     Prompt(#[source] std::io::Error),
@@ -66,7 +62,6 @@ impl CliError {
         match self {
             CliError::NotFound(_) => EXIT_NOT_FOUND,
             CliError::NotConfirmed(_) => EXIT_NOT_CONFIRMED,
-            CliError::Usage(_) => EXIT_USAGE,
             CliError::Bus(transport_pg::Error::InvalidEndpointName { .. })
             | CliError::Bus(transport_pg::Error::InvalidTypeName { .. })
             | CliError::Bus(transport_pg::Error::Config(_)) => EXIT_USAGE,

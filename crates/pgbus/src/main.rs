@@ -7,6 +7,7 @@
 
 mod body;
 mod confirm;
+mod ctx;
 mod endpoints;
 mod error;
 mod errors;
@@ -22,10 +23,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use service::{DatabaseArgs, LogArgs};
-use transport_pg::tokio_postgres::Client;
-use transport_pg::{Database, EndpointName, bus_migrations, error_chain, migrate};
+use transport_pg::{bus_migrations, error_chain, migrate};
 
-use crate::error::{CliError, EXIT_USAGE, Result};
+pub(crate) use crate::ctx::{Ctx, is_registered, parse_endpoint, require_endpoint};
+use crate::error::{EXIT_USAGE, Result};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -91,25 +92,6 @@ enum Command {
     /// Saga state: one saga by its correlation value, or the sagas of a type.
     #[command(subcommand)]
     Sagas(sagas::SagasCommand),
-}
-
-/// What every command gets: the database and the output mode.
-pub struct Ctx {
-    db: Database,
-    /// Print JSON instead of tables.
-    pub json: bool,
-}
-
-impl Ctx {
-    /// A connection of the command's own, outside any pool.
-    pub async fn client(&self) -> Result<Client> {
-        Ok(self.db.connect("cli").await?)
-    }
-}
-
-/// Parses an endpoint name for clap, so a bad one is a usage error (exit 2).
-pub fn parse_endpoint(name: &str) -> Result<EndpointName, String> {
-    EndpointName::new(name).map_err(|e| e.to_string())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -178,10 +160,7 @@ fn with_exit_codes(mut command: clap::Command) -> clap::Command {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let ctx = Ctx {
-        db: cli.database.database()?,
-        json: cli.json,
-    };
+    let ctx = Ctx::new(cli.database.database()?, cli.json);
     match cli.command {
         Command::Migrate => run_migrate(&ctx).await,
         Command::Endpoints => endpoints::list(&ctx).await,
@@ -195,32 +174,12 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn run_migrate(ctx: &Ctx) -> Result<()> {
-    let applied = migrate(&ctx.db, &bus_migrations()).await?;
+    let applied = migrate(ctx.database(), &bus_migrations()).await?;
     if ctx.json {
         output::json(&serde_json::json!({ "applied": applied }))
     } else {
         output::line(&format!(
             "bus schema up to date ({applied} migrations applied)"
         ))
-    }
-}
-
-/// Whether `endpoint` is in the registry, `bus.endpoints`.
-pub async fn is_registered(client: &Client, endpoint: &EndpointName) -> Result<bool> {
-    Ok(client
-        .query_one(sql::ENDPOINT_EXISTS, &[&endpoint.as_str()])
-        .await
-        .map_err(error::db(format!("look up endpoint {endpoint}")))?
-        .get(0))
-}
-
-/// Fails with [`CliError::NotFound`] unless `endpoint` is in the registry.
-pub async fn require_endpoint(client: &Client, endpoint: &EndpointName) -> Result<()> {
-    if is_registered(client, endpoint).await? {
-        Ok(())
-    } else {
-        Err(CliError::NotFound(format!(
-            "endpoint {endpoint} is not installed (see `pgbus endpoints`)"
-        )))
     }
 }
