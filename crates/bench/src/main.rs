@@ -1,0 +1,158 @@
+//! `bench`: measures the transport against the same SQL run by pgbench (the ceiling) and
+//! against pgmq, on the throwaway cluster that `scripts/bench.sh` starts, and prints one
+//! table (the same as JSON in a file).
+//!
+//! Every figure comes from this one run, and every throughput is shown as a ratio to a
+//! baseline measured in the same run, interleaved with it, because absolute rates on a
+//! shared two-core machine drift from minute to minute.
+
+mod db;
+mod error;
+mod flow;
+mod memory;
+mod pgbench;
+mod pgmq;
+mod plan;
+mod process;
+mod report;
+mod ring;
+mod soak;
+mod statements;
+mod stats;
+mod targets;
+mod transport;
+mod wakeups;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::error::Error;
+
+/// Measures the transport against pgbench's ceiling and pgmq; run it through
+/// scripts/bench.sh, which starts the cluster and fetches pgmq.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// The cluster's host; only loopback addresses are accepted.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// The cluster's port.
+    #[arg(long)]
+    pub port: u16,
+
+    /// The cluster's superuser.
+    #[arg(long, default_value = "postgres")]
+    pub user: String,
+
+    /// The pgbench executable.
+    #[arg(long)]
+    pub pgbench: PathBuf,
+
+    /// pgmq's install script (pgmq.sql from the pgmq crate); without it pgmq is skipped.
+    #[arg(long)]
+    pub pgmq_sql: Option<PathBuf>,
+
+    /// Where the script came from, for the report.
+    #[arg(long)]
+    pub pgmq_source: Option<String>,
+
+    /// Why there is no pgmq script, for the report.
+    #[arg(long)]
+    pub pgmq_skip_reason: Option<String>,
+
+    /// Where the release binaries are (example-endpoint, and the order flow's).
+    #[arg(long, default_value = "target/release")]
+    pub bin_dir: PathBuf,
+
+    /// Where to write the pgbench scripts and the child processes' logs.
+    #[arg(long, default_value = "target/bench/work")]
+    pub work_dir: PathBuf,
+
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "target/bench/bench.json")]
+    pub json: PathBuf,
+
+    /// Fewer seconds per run and fewer sends, to finish in under two minutes.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Add the soak: a million messages through one endpoint.
+    #[arg(long)]
+    pub soak: bool,
+
+    /// Measuring seconds per run (default 5, quick 1).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+
+    /// Repetitions of each cell, interleaved with its ceiling.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+
+    /// Client counts (pgbench clients, transport workers).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub clients: Vec<usize>,
+
+    /// Batch sizes (messages per transaction, 1 to 50).
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    pub batches: Vec<usize>,
+
+    /// Messages in each ring.
+    #[arg(long, default_value_t = 20_000)]
+    pub ring: usize,
+
+    /// Timed sends of the wake-up latency series (default 1000, quick 300).
+    #[arg(long)]
+    pub latency_sends: Option<usize>,
+
+    /// Pause after each timed send, milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub latency_pause_ms: u64,
+
+    /// Messages the memory measurement sends (default 20000, quick 5000).
+    #[arg(long)]
+    pub rss_messages: Option<usize>,
+
+    /// Orders in the order flow's backlog (default 2000, quick 400).
+    #[arg(long)]
+    pub flow_orders: Option<usize>,
+
+    /// Messages the soak runs round its ring.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub soak_messages: u64,
+
+    /// The soak's batch size.
+    #[arg(long, default_value_t = 1)]
+    pub soak_batch: usize,
+
+    /// The soak's workers.
+    #[arg(long, default_value_t = 16)]
+    pub soak_workers: usize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    service::init_logging(service::LogFormat::Human, "warn");
+    match plan::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: {}", chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its sources, joined.
+fn chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
