@@ -28,6 +28,7 @@ struct FailedRow {
     age_seconds: Option<f64>,
 }
 
+/// `pgbus errors list`.
 pub(super) async fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
     let client = ctx.client().await?;
     require_known_queue(&client, args.queue.as_ref()).await?;
@@ -102,6 +103,7 @@ struct GroupRow {
     last_age_seconds: Option<f64>,
 }
 
+/// `pgbus errors list --group`.
 pub(super) async fn list_groups(ctx: &Ctx, args: ListArgs) -> Result<()> {
     let client = ctx.client().await?;
     require_known_queue(&client, args.queue.as_ref()).await?;
@@ -182,6 +184,7 @@ struct FailedMessage {
     body: BodyView,
 }
 
+/// `pgbus errors show`.
 pub(super) async fn show(ctx: &Ctx, id: i64) -> Result<()> {
     let client = ctx.client().await?;
     let row = client

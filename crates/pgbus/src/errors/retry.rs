@@ -14,12 +14,14 @@ use crate::{Ctx, confirm, output, sql};
 /// How many ids a human-readable report spells out.
 const IDS_SHOWN: usize = 20;
 
+/// What a retry or purge did, as printed (and as `--json` shows it).
 #[derive(Debug, Default, Serialize)]
 struct MoveReport {
     /// How many messages the command moved or deleted.
     count: usize,
     /// Per origin queue, how many.
     by_queue: BTreeMap<String, usize>,
+    /// The error-queue ids taken, in order.
     ids: Vec<i64>,
     /// Ids asked for that were not in the error queue.
     missing: Vec<i64>,
@@ -39,6 +41,7 @@ impl MoveReport {
     }
 }
 
+/// `pgbus errors retry`.
 pub(super) async fn retry(ctx: &Ctx, args: RetryArgs) -> Result<()> {
     let mut client = ctx.client().await?;
     let selection = Selection::from_args(args.selector);
@@ -91,6 +94,7 @@ pub(super) async fn retry(ctx: &Ctx, args: RetryArgs) -> Result<()> {
     outcome
 }
 
+/// `pgbus errors purge`: counts first, so the confirmation can say how many.
 pub(super) async fn purge(ctx: &Ctx, args: PurgeArgs) -> Result<()> {
     let client = ctx.client().await?;
     let selection = Selection::from_args(args.selector);
