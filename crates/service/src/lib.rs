@@ -17,7 +17,8 @@ use transport_pg::{Database, DatabaseSettings};
 pub struct DatabaseArgs {
     /// PostgreSQL connection string (URL or key=value). `sslmode` (disable, prefer,
     /// require) and `target_session_attrs=read-write` are honoured.
-    #[arg(long, env = "DATABASE_URL")]
+    // hide_env_values: --help must not print a password taken from the environment.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
     /// Longest any one statement may run, in milliseconds.

@@ -529,7 +529,9 @@ impl Sender {
     /// to the background notifier; call it before a short-lived process exits, or its
     /// receivers find the last messages only at their next poll.
     pub async fn flush_wakeups(&self) -> Result<()> {
-        let Some(notifier) = &self.inner.notifier else { return Ok(()) };
+        let Some(notifier) = &self.inner.notifier else {
+            return Ok(());
+        };
         let client = self.inner.pool.get().await?;
         notifier.flush(&client).await
     }

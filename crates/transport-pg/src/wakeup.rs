@@ -195,7 +195,11 @@ async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outag
                 // What the task sent needs no flush at exit. (A mark made meanwhile may be
                 // dropped here too; the receivers' poll covers it.)
                 if let Some(shared) = weak.upgrade() {
-                    shared.since_flush.lock().expect("notifier lock poisoned").clear();
+                    shared
+                        .since_flush
+                        .lock()
+                        .expect("notifier lock poisoned")
+                        .clear();
                 }
                 // Forget destinations idle for a while, so the map stays small.
                 last_sent.retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
