@@ -15,4 +15,5 @@ mod retail;
 mod sagas;
 mod send;
 mod staying_up;
+mod system;
 mod wakeup;
