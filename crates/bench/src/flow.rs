@@ -71,6 +71,8 @@ pub struct Flow {
     pub hops_per_order: f64,
     /// Hops per second.
     pub hops_per_s: f64,
+    /// The hops by endpoint.
+    pub per_endpoint: Vec<EndpointHops>,
     /// The batch-1 ceiling at 16 clients (median), messages per second.
     pub ceiling_b1_c16: Option<f64>,
     /// `hops_per_s / ceiling_b1_c16`.
@@ -238,11 +240,11 @@ async fn drive(
         placed?;
     }
     let orders = per_placer * PLACERS;
-    let before = hop_rows(server, db).await?;
+    let before = hop_counts(server, db).await?;
     let sales = start_endpoint(bin_dir, work_dir, "sales", &url, gateway_url, 1).await?;
     processes.endpoints.insert(0, ("sales".to_owned(), sales));
     wait_shipped(&client, "bench-flow-%", orders, processes).await?;
-    let after = hop_rows(server, db).await?;
+    let after = hop_counts(server, db).await?;
 
     let row = client
         .query_one(
@@ -254,7 +256,8 @@ async fn drive(
         .await
         .map_err(Error::db("time the backlog"))?;
     let seconds: f64 = row.get(0);
-    let hops = after - before;
+    let per_endpoint = difference(&before, &after);
+    let hops: i64 = per_endpoint.iter().map(|e| e.hops).sum();
 
     // Latency: small groups five times a second at about a quarter of the capacity.
     let orders_per_s = orders as f64 / seconds;
@@ -271,6 +274,7 @@ async fn drive(
         hops,
         hops_per_order: hops as f64 / orders as f64,
         hops_per_s: hops as f64 / seconds,
+        per_endpoint,
         ceiling_b1_c16,
         ratio: ceiling_b1_c16.map(|c| hops as f64 / seconds / c),
         latency_rate,
@@ -390,31 +394,70 @@ async fn wait_shipped(
     }
 }
 
-/// Rows returned so far by the three endpoints' receive statements (the batch receive,
-/// and the take of a claimed or retaken row).
-async fn hop_rows(server: &Server, db: &str) -> Result<i64> {
+/// One endpoint's share of the hops.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointHops {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Messages its receive statements returned.
+    pub hops: i64,
+    /// Runs of its batch receive, empty probes included.
+    pub probes: i64,
+}
+
+/// Per endpoint, the rows returned so far by its receive statements (the batch receive,
+/// and the take of a claimed or retaken row) and the runs of the batch receive.
+async fn hop_counts(server: &Server, db: &str) -> Result<Vec<EndpointHops>> {
     let admin = server.connect("postgres").await?;
-    let mut texts = Vec::new();
-    for name in ENDPOINTS {
-        let name = EndpointName::new(name).map_err(Error::transport("endpoint name"))?;
-        let statements = QueueStatements::new(&name.tables());
-        texts.push(normalize(&statements.receive));
-        texts.push(normalize(&statements.take_seqs));
-    }
     let rows = admin
         .query(
-            "SELECT s.query, s.rows FROM pg_stat_statements AS s \
+            "SELECT s.query, s.rows, s.calls FROM pg_stat_statements AS s \
              JOIN pg_database AS d ON d.oid = s.dbid \
              WHERE d.datname = $1 AND s.toplevel",
             &[&db],
         )
         .await
         .map_err(Error::db("read the receive statements' rows"))?;
-    Ok(rows
+    let mut counts = Vec::new();
+    for name in ENDPOINTS {
+        let endpoint = EndpointName::new(name).map_err(Error::transport("endpoint name"))?;
+        let statements = QueueStatements::new(&endpoint.tables());
+        let (receive, take) = (
+            normalize(&statements.receive),
+            normalize(&statements.take_seqs),
+        );
+        let mut count = EndpointHops {
+            endpoint: name.to_owned(),
+            hops: 0,
+            probes: 0,
+        };
+        for row in &rows {
+            let query = normalize(row.get::<_, &str>(0));
+            if query == receive || query == take {
+                count.hops += row.get::<_, i64>(1);
+            }
+            if query == receive {
+                count.probes += row.get::<_, i64>(2);
+            }
+        }
+        counts.push(count);
+    }
+    Ok(counts)
+}
+
+/// `after - before`, endpoint by endpoint.
+fn difference(before: &[EndpointHops], after: &[EndpointHops]) -> Vec<EndpointHops> {
+    after
         .iter()
-        .filter(|r| texts.contains(&normalize(r.get::<_, &str>(0))))
-        .map(|r| r.get::<_, i64>(1))
-        .sum())
+        .map(|a| {
+            let b = before.iter().find(|b| b.endpoint == a.endpoint);
+            EndpointHops {
+                endpoint: a.endpoint.clone(),
+                hops: a.hops - b.map_or(0, |b| b.hops),
+                probes: a.probes - b.map_or(0, |b| b.probes),
+            }
+        })
+        .collect()
 }
 
 fn normalize(sql: &str) -> String {

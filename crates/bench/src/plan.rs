@@ -36,19 +36,31 @@ const DB_RSS: &str = "bench_rss";
 const DB_SOAK: &str = "bench_soak";
 const DB_FLOW: &str = "bench_flow";
 
+/// How long the transport's ring runs before its newest row is copied to the ceiling's.
+const PRIME: Duration = Duration::from_millis(300);
+
 /// The ring endpoint's name in every ring database.
 const RING_ENDPOINT: &str = "hop";
 
-/// Prints one progress line per step, numbered.
+/// Prints one progress line per step, numbered, and samples the machine's load average
+/// at each, since other work on a shared machine is what makes the figures noisy.
 struct Progress {
     done: usize,
     total: usize,
     started: Instant,
+    loads: Vec<f64>,
+}
+
+/// The 1-minute load average.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 impl Progress {
     fn step(&mut self, what: &str) {
         self.done += 1;
+        self.loads.extend(load_average());
         eprintln!(
             "bench: [{:>3}/{}] {:>5.0}s  {what}",
             self.done,
@@ -165,6 +177,7 @@ pub async fn run(args: Args) -> Result<()> {
         done: 0,
         total: 1 + args.reps * (cells.len() * 2 + pgmq_runs) + 5 + usize::from(args.soak),
         started: Instant::now(),
+        loads: Vec::new(),
     };
 
     // Set-up: databases, rings, pgmq, scripts.
@@ -361,7 +374,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut report = Report {
         started_at,
         elapsed_s: progress.started.elapsed().as_secs_f64(),
-        settings: settings(&args, &knobs),
+        settings: settings(&args, &knobs, &progress.loads),
         server: info,
         hops,
         pgmq: pgmq_section,
@@ -416,7 +429,16 @@ async fn setup(server: &Server, args: &Args) -> Result<Setup> {
     for database in [DB_TRANSPORT, DB_POLL] {
         ring::fill_transport(&server.database(database)?, &name, args.ring).await?;
     }
-    let sample = ring::sample_row(&server.connect(DB_TRANSPORT).await?, &tables.queue).await?;
+    // A moment of the endpoint, so that the sample is a message it sent itself: its
+    // headers (reply_to, related_to) are what every hop writes, larger than the fill's.
+    let primer = HopRun {
+        batch: 1,
+        workers: 1,
+        wakeups: false,
+    };
+    let transport_db = server.database(DB_TRANSPORT)?;
+    transport::measure(&transport_db, RING_ENDPOINT, primer, Duration::ZERO, PRIME).await?;
+    let sample = ring::sample_newest(&server.connect(DB_TRANSPORT).await?, &tables.queue).await?;
     ring::fill_ceiling(&server.database(DB_CEILING)?, &name, &sample, args.ring).await?;
 
     let statements = QueueStatements::new(&tables);
@@ -693,7 +715,7 @@ async fn ring_sizes(server: &Server, args: &Args, setup: &Setup) -> Result<Vec<R
     Ok(sizes)
 }
 
-fn settings(args: &Args, knobs: &Knobs) -> Settings {
+fn settings(args: &Args, knobs: &Knobs, loads: &[f64]) -> Settings {
     let mode = match (args.quick, args.soak) {
         (true, false) => "quick",
         (true, true) => "quick+soak",
@@ -713,6 +735,7 @@ fn settings(args: &Args, knobs: &Knobs) -> Settings {
             .map(|n| n.get())
             .unwrap_or(0),
         memory_gib: memory_gib(),
+        load_1min: Spread::of(loads),
     }
 }
 

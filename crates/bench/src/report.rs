@@ -70,6 +70,8 @@ pub struct Settings {
     pub cores: usize,
     /// Memory of the machine, GiB.
     pub memory_gib: f64,
+    /// The 1-minute load average, sampled at every step.
+    pub load_1min: Option<Spread>,
 }
 
 /// The server's version and the settings that bound the figures.
@@ -271,13 +273,19 @@ impl Report {
             "pgbus bench {}, {}: {} runs per cell, {} s each, interleaved; medians (min–max)",
             self.started_at, s.mode, s.reps, s.seconds
         );
+        let load = match &s.load_1min {
+            Some(l) => format!(
+                ", 1-minute load average {:.1} to {:.1} during the run",
+                l.min, l.max
+            ),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "machine: {} cores, {:.0} GiB; {}",
-            s.cores,
-            s.memory_gib,
-            self.server_line()
+            "machine: {} cores, {:.0} GiB{load}",
+            s.cores, s.memory_gib
         );
+        let _ = writeln!(out, "server: {}", self.server_line());
         out.push('\n');
 
         row(
@@ -342,9 +350,10 @@ impl Report {
             .collect::<Vec<_>>()
             .join(" ");
         format!(
-            "{version}, fsync {}, synchronous_commit {}, shared_buffers {}",
+            "{version}, fsync {}, synchronous_commit {}, full_page_writes {}, shared_buffers {}",
             get("fsync"),
             get("synchronous_commit"),
+            get("full_page_writes"),
             get("shared_buffers")
         )
     }

@@ -107,9 +107,9 @@ pub struct SampleRow {
     pub body: Vec<u8>,
 }
 
-/// The oldest row of `queue` (quoted), to copy into the ceiling's ring.
-pub async fn sample_row(client: &Client, queue: &str) -> Result<SampleRow> {
-    let sql = format!("SELECT message_id, headers, body FROM {queue} ORDER BY seq LIMIT 1");
+/// The newest row of `queue` (quoted), to copy into the ceiling's ring.
+pub async fn sample_newest(client: &Client, queue: &str) -> Result<SampleRow> {
+    let sql = format!("SELECT message_id, headers, body FROM {queue} ORDER BY seq DESC LIMIT 1");
     let row = client
         .query_one(&sql, &[])
         .await
