@@ -39,7 +39,7 @@ pub const MAX_INSTANCE_LEN: usize = 20;
 pub struct EndpointArgs {
     /// This process's name among the endpoint's instances (letters, digits, '.', '_', '-';
     /// at most 20): on its log lines and in the database's application_name
-    /// (<endpoint>/<instance>). Default: the host name and the process id.
+    /// (endpoint/instance, e.g. billing/b2). Default: the host name and the process id.
     #[arg(long, value_parser = instance_name)]
     pub instance: Option<String>,
 
