@@ -387,6 +387,13 @@ pub async fn run(args: Args) -> Result<()> {
         soak,
         targets: Vec::new(),
         rings_at_end,
+        scripts: setup
+            .ceiling_scripts
+            .iter()
+            .map(|(_, path)| path)
+            .chain(&setup.pgmq_script)
+            .map(|path| path.display().to_string())
+            .collect(),
     };
     report.targets = targets::evaluate(&report);
 

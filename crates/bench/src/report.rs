@@ -45,6 +45,8 @@ pub struct Report {
     pub targets: Vec<Target>,
     /// Queue sizes at the end, to show every ring kept its size.
     pub rings_at_end: Vec<RingSize>,
+    /// The pgbench scripts this run wrote (ceilings by batch size, then pgmq's).
+    pub scripts: Vec<String>,
 }
 
 /// How the run was configured.
