@@ -113,7 +113,7 @@ impl CarefulMode {
 /// a commit or a counted failure is a process that died handling it.
 pub const CLAIM_LIMIT: i32 = 3;
 
-/// Successes in a row that end the careful mode.
+/// Messages seen through to a commit that end the careful mode.
 const CAREFUL_RUN: u32 = 20;
 
 /// One row as the receive statement returned it.
@@ -240,11 +240,6 @@ impl From<Error> for PipelineError {
     }
 }
 
-/// What handling one message did.
-struct Handled {
-    written: Vec<Written>,
-    succeeded: bool,
-}
 
 impl Pump {
     /// Runs one worker until `stop` turns true; an in-flight batch is finished first.
@@ -540,7 +535,7 @@ impl Pump {
         let mut written = Vec::new();
         for (received, parsed) in self.prepare_batch(&rows) {
             let handled = self.handle_one(tx.client(), &received, parsed).await?;
-            written.extend(handled.written);
+            written.extend(handled);
         }
         tx.commit().await?;
         self.wake(written);
@@ -608,10 +603,7 @@ impl Pump {
                 continue;
             }
             let handled = self.handle_one(tx.client(), &received, parsed).await?;
-            if !handled.succeeded {
-                self.careful.successes.store(0, Ordering::Relaxed);
-            }
-            written.extend(handled.written);
+            written.extend(handled);
         }
         tx.client()
             .batch_execute("COMMIT")
@@ -619,6 +611,7 @@ impl Pump {
             .map_err(Error::db("commit"))?;
         tx.release_claims().await?;
         self.wake(written);
+        self.careful_message_done();
         if self.throttle.is_active() {
             tokio::time::sleep(self.throttle.pause).await;
         }
@@ -670,14 +663,11 @@ impl Pump {
         client: &Object,
         received: &Received,
         parsed: Parsed,
-    ) -> Result<Handled> {
+    ) -> Result<Vec<Written>> {
         let Some((headers, message_type, handler, prepared)) =
             self.ready_or_poison(client, received, parsed).await?
         else {
-            return Ok(Handled {
-                written: Vec::new(),
-                succeeded: true,
-            });
+            return Ok(Vec::new());
         };
 
         client
@@ -698,10 +688,7 @@ impl Pump {
             Ok(written) => match client.batch_execute("RELEASE SAVEPOINT handler").await {
                 Ok(()) => {
                     self.succeeded(received, &message_type);
-                    return Ok(Handled {
-                        written,
-                        succeeded: true,
-                    });
+                    return Ok(written);
                 }
                 // The handler returned Ok but a statement of its failed and it swallowed
                 // the error: the transaction is aborted and COMMIT would silently roll
@@ -731,10 +718,7 @@ impl Pump {
         let put_back = self
             .put_back_or_fail(client, received, headers, &message_type, &failure)
             .await?;
-        Ok(Handled {
-            written: put_back,
-            succeeded: false,
-        })
+        Ok(put_back)
     }
 
     /// A decoded message ready for its handler; poison goes to the error queue and
@@ -797,7 +781,23 @@ impl Pump {
         Ok(outgoing)
     }
 
-    /// Counts a success, leaving the careful mode after a run of them.
+    /// Counts a message the careful mode saw through to a commit, handled or counted as
+    /// failed: either way its process survived it. After a run of them the careful mode
+    /// ends. (A counted failure is no sign of a process-killing message, so it does not
+    /// restart the run; an endpoint whose provider is failing would otherwise never
+    /// leave the careful mode.)
+    fn careful_message_done(&self) {
+        let run = self.careful.successes.fetch_add(1, Ordering::Relaxed) + 1;
+        if run >= CAREFUL_RUN && self.careful.active.swap(false, Ordering::Relaxed) {
+            info!(
+                endpoint = %self.endpoint,
+                messages = run,
+                "leaving careful mode; receiving in batches"
+            );
+        }
+    }
+
+    /// Counts a success: it ends the outage throttle.
     fn succeeded(&self, received: &Received, message_type: &str) {
         self.throttle.succeeded(self.endpoint.as_str());
         trace!(
@@ -807,16 +807,6 @@ impl Pump {
             message_type,
             "handled"
         );
-        if self.careful.active.load(Ordering::Relaxed) {
-            let run = self.careful.successes.fetch_add(1, Ordering::Relaxed) + 1;
-            if run >= CAREFUL_RUN && self.careful.active.swap(false, Ordering::Relaxed) {
-                info!(
-                    endpoint = %self.endpoint,
-                    successes = run,
-                    "leaving careful mode; receiving in batches"
-                );
-            }
-        }
     }
 
     async fn poison(
