@@ -281,7 +281,7 @@ main() {
 
     local out=$TARGET_DIR/bench
     mkdir -p "$out"
-    local json=$out/bench-$stamp.json text=$out/bench-$stamp.txt rc=0
+    local json=$out/bench-$stamp.json text=$out/bench-$stamp.txt rc=0 measuring=$SECONDS
     log "measuring"
     run_step "$TARGET_DIR/release/bench" --host 127.0.0.1 --port "$PORT" --user postgres \
         --pgbench "$pgbench" "${pgmq_args[@]}" --bin-dir "$TARGET_DIR/release" \
@@ -294,7 +294,8 @@ main() {
     cat "$text"
     cp "$json" "$out/latest.json"
     cp "$text" "$out/latest.txt"
-    log "done in $((SECONDS - started)) s; $json (and latest.json), $text"
+    log "measured in $((SECONDS - measuring)) s, $((SECONDS - started)) s in all"
+    log "report: $json and $text (copied to latest.json and latest.txt)"
 }
 
 main "$@"
