@@ -240,7 +240,6 @@ impl From<Error> for PipelineError {
     }
 }
 
-
 impl Pump {
     /// Runs one worker until `stop` turns true; an in-flight batch is finished first.
     pub async fn run_worker(
