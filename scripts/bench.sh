@@ -8,7 +8,7 @@
 #   scripts/bench.sh -- --batches 1,10,50 --clients 4    anything after -- goes to the binary
 #
 # It builds the workspace in release mode, fetches pgmq's install script from the pgmq crate
-# on crates.io (a throwaway cargo project under target/bench; nothing of pgmq is committed),
+# through cargo (a throwaway cargo project under target/bench; nothing of pgmq is committed),
 # starts a cluster with durable commits (fsync and synchronous_commit on) and
 # pg_stat_statements preloaded, runs target/release/bench, and stops the cluster on exit.
 # The table goes to the screen and to target/bench/bench-<time>.txt, the same as JSON to
@@ -146,8 +146,8 @@ remove_cluster() {
 
 # --- pgmq --------------------------------------------------------------------------------------
 
-# Prints the path of pgmq.sql from the pgmq crate, fetched through cargo from crates.io into a
-# throwaway project of its own (its own [workspace], so it is not part of ours).
+# Prints the path of pgmq.sql from the pgmq crate, fetched through cargo from the registry into
+# a throwaway project of its own (its own [workspace], so it is not part of ours).
 fetch_pgmq() {
     local dir=$TARGET_DIR/bench/pgmq-fetch manifest
     mkdir -p "$dir/src"

@@ -73,6 +73,9 @@ pub struct Flow {
     pub hops_per_s: f64,
     /// The hops by endpoint.
     pub per_endpoint: Vec<EndpointHops>,
+    /// Transactions committed in the flow's database per order during the backlog (every
+    /// process's: endpoints, gateways, and the bench's own polling, which is a few).
+    pub commits_per_order: f64,
     /// The batch-1 ceiling at 16 clients (median), messages per second.
     pub ceiling_b1_c16: Option<f64>,
     /// `hops_per_s / ceiling_b1_c16`.
@@ -241,10 +244,14 @@ async fn drive(
     }
     let orders = per_placer * PLACERS;
     let before = hop_counts(server, db).await?;
+    let commits_before = commits(&client, db).await?;
     let sales = start_endpoint(bin_dir, work_dir, "sales", &url, gateway_url, 1).await?;
     processes.endpoints.insert(0, ("sales".to_owned(), sales));
     wait_shipped(&client, "bench-flow-%", orders, processes).await?;
     let after = hop_counts(server, db).await?;
+    // Backends report their transaction counts at most once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let commits_after = commits(&client, db).await?;
 
     let row = client
         .query_one(
@@ -275,6 +282,7 @@ async fn drive(
         hops_per_order: hops as f64 / orders as f64,
         hops_per_s: hops as f64 / seconds,
         per_endpoint,
+        commits_per_order: (commits_after - commits_before) as f64 / orders as f64,
         ceiling_b1_c16,
         ratio: ceiling_b1_c16.map(|c| hops as f64 / seconds / c),
         latency_rate,
@@ -392,6 +400,18 @@ async fn wait_shipped(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Transactions committed so far in database `db`.
+async fn commits(client: &Client, db: &str) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .map_err(Error::db("read the commit count"))?;
+    Ok(row.get(0))
 }
 
 /// One endpoint's share of the hops.

@@ -1,4 +1,4 @@
-//! The peer: pgmq installed SQL-only from the install script its crates.io crate embeds
+//! The peer: pgmq installed SQL-only from the install script its Rust crate embeds
 //! (scripts/bench.sh fetches the crate and passes the script's path), checked, and given
 //! a ring of the same size and message size as ours.
 

@@ -272,8 +272,9 @@ impl Report {
         let s = &self.settings;
         let _ = writeln!(
             out,
-            "pgbus bench {}, {}: {} runs per cell, {} s each, interleaved; medians (min–max)",
-            self.started_at, s.mode, s.reps, s.seconds
+            "pgbus bench, {} run of {}\n\
+             {} runs per cell, {} s each, interleaved with their baselines; medians (min–max)",
+            s.mode, self.started_at, s.reps, s.seconds
         );
         let load = match &s.load_1min {
             Some(l) => format!(
