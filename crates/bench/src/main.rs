@@ -16,6 +16,7 @@ mod plan;
 mod process;
 mod report;
 mod ring;
+mod setup;
 mod soak;
 mod statements;
 mod stats;
