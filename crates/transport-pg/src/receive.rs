@@ -11,9 +11,12 @@
 //! [`crate::error_queue`] and the attempt limit of [`PumpConfig`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Object, Pool};
@@ -219,6 +222,37 @@ impl Drop for OpenTx {
         if let Some(client) = self.client.take() {
             drop(Object::take(client));
         }
+    }
+}
+
+/// Requests sent but not yet answered, oldest first. Each future is polled once when it
+/// is launched, which sends its requests; its answers wait in the driver until
+/// [`finish`](InFlight::finish) collects them in order.
+#[derive(Default)]
+struct InFlight<'a> {
+    pending: Vec<Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>>,
+}
+
+impl<'a> InFlight<'a> {
+    /// Sends `future`'s requests now; an error it reports at once is returned at once.
+    async fn launch(&mut self, future: impl Future<Output = Result<()>> + Send + 'a) -> Result<()> {
+        let mut future = Box::pin(future);
+        let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                self.pending.push(future);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for every answer, in the order sent; the first failure is returned.
+    async fn finish(&mut self) -> Result<()> {
+        for future in self.pending.drain(..) {
+            future.await?;
+        }
+        Ok(())
     }
 }
 
@@ -451,7 +485,11 @@ impl Pump {
 
     /// Runs a batch whose BEGIN and first savepoint are already sent. Each message's
     /// sends, the release of its savepoint and the next savepoint (or, after the last,
-    /// COMMIT) go out together; only the handler's own statements wait for answers.
+    /// COMMIT) go out together and are not waited for: the next handler starts at once,
+    /// its statements queued behind them on the connection, and every answer is checked
+    /// at the end. A failure anywhere fails the batch, which is then retaken one message
+    /// at a time; a handler that returns an error is handled in place once the answers so
+    /// far are in.
     async fn run_pipelined(
         &self,
         tx: &OpenTx,
@@ -460,6 +498,7 @@ impl Pump {
         let client = tx.client();
         let count = batch.len();
         let mut written = Vec::new();
+        let mut in_flight = InFlight::default();
 
         for (i, (received, parsed)) in batch.into_iter().enumerate() {
             let tail = if i + 1 == count {
@@ -482,28 +521,43 @@ impl Pump {
                 .await
             {
                 Ok(outgoing) => {
-                    let writes = plan_writes(&outgoing);
-                    let statements = prepare_writes(client, &writes).await?;
-                    // In order (`biased`): the sends must reach the server before COMMIT.
-                    let (sent, ended) = tokio::join!(
-                        biased;
-                        run_writes(client, &writes, &statements),
-                        client.batch_execute(tail),
-                    );
-                    sent?;
-                    ended.map_err(Error::db("release"))?;
+                    // Prepared first (from the cache, after the first time), so that the
+                    // launch below sends every request on its first poll, in order.
+                    let (statements, targets) = {
+                        let writes = plan_writes(&outgoing);
+                        let statements = prepare_writes(client, &writes).await?;
+                        let targets: Vec<Written> = writes.into_iter().map(|w| w.target).collect();
+                        (statements, targets)
+                    };
+                    in_flight
+                        .launch(async move {
+                            let writes = plan_writes(&outgoing);
+                            // `biased`: the sends must reach the server before the tail.
+                            let (sent, ended) = tokio::join!(
+                                biased;
+                                run_writes(client, &writes, &statements),
+                                client.batch_execute(tail),
+                            );
+                            sent?;
+                            ended.map_err(Error::db("release"))
+                        })
+                        .await?;
                     self.succeeded(&received, &message_type);
-                    written.extend(writes.into_iter().map(|w| w.target));
+                    written.extend(targets);
                 }
                 Err(failure) => {
-                    // Known at once, so handled in place: undo the handler, put the
-                    // message back, and carry on with the rest of the batch.
+                    // Known at once, so handled in place, once the answers so far show
+                    // the transaction is still sound: undo the handler, put the message
+                    // back, and carry on with the rest of the batch.
+                    in_flight.finish().await?;
                     client
                         .batch_execute("ROLLBACK TO SAVEPOINT handler")
                         .await
                         .map_err(Error::db("rollback to savepoint"))?;
-                    self.put_back_or_fail(client, &received, headers, &message_type, &failure)
+                    let put_back = self
+                        .put_back_or_fail(client, &received, headers, &message_type, &failure)
                         .await?;
+                    written.extend(put_back);
                     client
                         .batch_execute(tail)
                         .await
@@ -511,6 +565,7 @@ impl Pump {
                 }
             }
         }
+        in_flight.finish().await?;
         Ok(written)
     }
 
