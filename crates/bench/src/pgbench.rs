@@ -9,7 +9,7 @@
 //! keeps the last row's `seq` as the next probe's start; everything after it, savepoints
 //! included, goes out as one pipeline. And a script must end outside a transaction, so
 //! each script runs [`HOPS_PER_SCRIPT`] hops and pipelines each hop's BEGIN behind the
-//! previous COMMIT: 2 + 1/8 round trips per hop, against the transport's 1 + n.
+//! previous COMMIT: 2 + 1/8 round trips per hop, whatever n.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

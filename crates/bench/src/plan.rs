@@ -525,7 +525,7 @@ impl Bench {
                 ratio: Spread::of(&paired_ratios(&c.transport, &c.ceiling)),
                 ceiling_samples: c.ceiling.clone(),
                 transport_samples: c.transport.clone(),
-                round_trips: (pgbench::ceiling_round_trips(), 1.0 + c.batch as f64),
+                ceiling_round_trips: pgbench::ceiling_round_trips(),
             })
             .collect();
         let mut pgmq_section = self.setup.pgmq.clone();

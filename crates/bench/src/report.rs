@@ -104,8 +104,9 @@ pub struct HopCell {
     pub transport: Option<Spread>,
     /// Transport over ceiling, paired by repetition.
     pub ratio: Option<Spread>,
-    /// Round trips per hop: the ceiling script's and the transport's pump.
-    pub round_trips: (f64, f64),
+    /// Round trips per hop of the ceiling script (the pump's depend on its pipelining;
+    /// see the transport's receive module).
+    pub ceiling_round_trips: f64,
 }
 
 /// pgmq's figures, or why there are none.
