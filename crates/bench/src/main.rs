@@ -6,6 +6,7 @@
 //! baseline measured in the same run, interleaved with it, because absolute rates on a
 //! shared two-core machine drift from minute to minute.
 
+mod cpu;
 mod db;
 mod error;
 mod flow;

@@ -130,6 +130,8 @@ pub struct PgbenchResult {
     pub tps: f64,
     /// Script runs that failed.
     pub failed: u64,
+    /// Script runs completed.
+    pub processed: u64,
 }
 
 /// Runs pgbench against `server` and parses its summary.
@@ -184,6 +186,7 @@ fn tail(text: &str) -> String {
 fn parse_summary(stdout: &str) -> Option<PgbenchResult> {
     let mut tps = None;
     let mut failed = 0;
+    let mut processed = 0;
     for line in stdout.lines() {
         if let Some(rest) = line.strip_prefix("tps = ") {
             if rest.contains("without initial connection time") {
@@ -191,9 +194,16 @@ fn parse_summary(stdout: &str) -> Option<PgbenchResult> {
             }
         } else if let Some(rest) = line.strip_prefix("number of failed transactions: ") {
             failed = rest.split_whitespace().next()?.parse().unwrap_or(0);
+        } else if let Some(rest) = line.strip_prefix("number of transactions actually processed: ")
+        {
+            processed = rest.split(['/', ' ']).next()?.parse().unwrap_or(0);
         }
     }
-    Some(PgbenchResult { tps: tps?, failed })
+    Some(PgbenchResult {
+        tps: tps?,
+        failed,
+        processed,
+    })
 }
 
 #[cfg(test)]
@@ -231,13 +241,14 @@ mod tests {
 
     #[test]
     fn summary_is_parsed() {
-        let out = "number of failed transactions: 0 (0.000%)\n\
+        let out = "number of transactions actually processed: 27894\n\
+                   number of failed transactions: 0 (0.000%)\n\
                    latency average = 1.2 ms\n\
                    initial connection time = 3.1 ms\n\
                    tps = 3486.515096 (without initial connection time)\n";
         let parsed = parse_summary(out).unwrap();
         assert!((parsed.tps - 3486.515096).abs() < 1e-9);
-        assert_eq!(parsed.failed, 0);
+        assert_eq!((parsed.failed, parsed.processed), (0, 27894));
         assert!(parse_summary("nothing").is_none());
     }
 }

@@ -16,8 +16,8 @@ use crate::flow::{self, FlowSection};
 use crate::memory::{self, Memory};
 use crate::pgbench::{self, HOPS_PER_SCRIPT, PgbenchRun};
 use crate::report::{
-    BestVsPgmq, DatabaseStatements, HopCell, PgmqCell, PgmqSection, Report, RingSize, ServerInfo,
-    Settings, Wakeups, clients, thousands,
+    BestVsPgmq, CpuCell, DatabaseStatements, HopCell, PgmqCell, PgmqSection, Report, RingSize,
+    ServerInfo, Settings, Wakeups, clients, thousands,
 };
 use crate::setup::{
     DB_CEILING, DB_FLOW, DB_PGMQ, DB_POLL, DB_RSS, DB_SOAK, DB_TRANSPORT, DB_WAKEUPS,
@@ -28,7 +28,7 @@ use crate::statements::Pair;
 use crate::stats::{Spread, paired_ratios};
 use crate::transport::{self, HopRun};
 use crate::wakeups::Latency;
-use crate::{Args, pgmq, ring, setup, soak, statements, targets, wakeups};
+use crate::{Args, cpu, pgmq, ring, setup, soak, statements, targets, wakeups};
 
 /// Prints one progress line per step, numbered, and samples the machine's load average
 /// at each, since other work on a shared machine is what makes the figures noisy.
@@ -89,6 +89,10 @@ struct CellSamples {
     clients: usize,
     ceiling: Vec<f64>,
     transport: Vec<f64>,
+    /// CPU µs per message of each ceiling run: client (pgbench), server.
+    ceiling_cpu: Vec<(f64, f64)>,
+    /// The same for each transport run: client (this process), server.
+    transport_cpu: Vec<(f64, f64)>,
 }
 
 /// Everything the repetitions measured.
@@ -168,15 +172,16 @@ pub async fn run(args: Args) -> Result<()> {
             ""
         }
     ));
+    let admin = server.connect("postgres").await?;
     let mut bench = Bench {
         knobs: Knobs::from(&args),
         args,
         server,
         setup,
         progress,
+        postmaster: cpu::postmaster_pid(&admin).await,
     };
 
-    let admin = bench.server.connect("postgres").await?;
     admin
         .batch_execute("SELECT pg_stat_statements_reset()")
         .await
@@ -199,6 +204,22 @@ struct Bench {
     knobs: Knobs,
     setup: Setup,
     progress: Progress,
+    /// The postmaster's pid, for the server's CPU time, when it could be found.
+    postmaster: Option<u64>,
+}
+
+/// CPU µs per message of the client and the server between two samples.
+fn cpu_per_message(
+    before: cpu::Sample,
+    after: cpu::Sample,
+    client: f64,
+    messages: f64,
+) -> (f64, f64) {
+    let server = after.server - before.server;
+    (
+        cpu::per_message_us(client, messages).unwrap_or(0.0),
+        cpu::per_message_us(server, messages).unwrap_or(0.0),
+    )
 }
 
 impl Bench {
@@ -212,6 +233,8 @@ impl Bench {
                     clients,
                     ceiling: Vec::new(),
                     transport: Vec::new(),
+                    ceiling_cpu: Vec::new(),
+                    transport_cpu: Vec::new(),
                 });
             }
         }
@@ -353,21 +376,35 @@ impl Bench {
             seconds: self.knobs.seconds,
             variables: pgbench::ceiling_variables(&self.setup.sample, cell.batch),
         };
+        let before = cpu::sample(self.postmaster);
         let result = pgbench::run(&self.server, &run).await?;
+        tokio::time::sleep(cpu::REAP_PAUSE).await;
+        let after = cpu::sample(self.postmaster);
         if result.failed > 0 {
             return Err(Error::Process {
                 program: "pgbench".into(),
                 reason: format!("{} ceiling transactions failed", result.failed),
             });
         }
-        let rate = result.tps * (HOPS_PER_SCRIPT * cell.batch) as f64;
+        let per_script = (HOPS_PER_SCRIPT * cell.batch) as f64;
+        let rate = result.tps * per_script;
         cell.ceiling.push(rate);
+        let messages = result.processed as f64 * per_script;
+        let client = after.children - before.children;
+        cell.ceiling_cpu
+            .push(cpu_per_message(before, after, client, messages));
         let line = self.rep_line(rep, cell, "ceiling", rate);
         self.progress.step(&line);
         Ok(())
     }
 
-    async fn hop_rate(&self, database: &str, cell: &CellSamples, wakeups: bool) -> Result<f64> {
+    /// The transport's rate in `database`, and its CPU µs per message (client, server).
+    async fn hop_rate(
+        &self,
+        database: &str,
+        cell: &CellSamples,
+        wakeups: bool,
+    ) -> Result<(f64, (f64, f64))> {
         self.vacuum_ring(database).await?;
         let run = HopRun {
             batch: cell.batch,
@@ -376,19 +413,27 @@ impl Bench {
         };
         let seconds = Duration::from_secs(self.knobs.seconds);
         let db = self.server.database(database)?;
-        transport::measure(&db, RING_ENDPOINT, run, self.knobs.warmup, seconds).await
+        let before = cpu::sample(self.postmaster);
+        let measured =
+            transport::measure(&db, RING_ENDPOINT, run, self.knobs.warmup, seconds).await?;
+        tokio::time::sleep(cpu::REAP_PAUSE).await;
+        let after = cpu::sample(self.postmaster);
+        let client = after.own - before.own;
+        let cpu = cpu_per_message(before, after, client, measured.handled as f64);
+        Ok((measured.rate, cpu))
     }
 
     async fn run_transport(&mut self, cell: &mut CellSamples, rep: usize) -> Result<()> {
-        let rate = self.hop_rate(DB_TRANSPORT, cell, true).await?;
+        let (rate, cpu) = self.hop_rate(DB_TRANSPORT, cell, true).await?;
         cell.transport.push(rate);
+        cell.transport_cpu.push(cpu);
         let line = self.rep_line(rep, cell, "transport", rate);
         self.progress.step(&line);
         Ok(())
     }
 
     async fn run_poll_only(&self, cell: &CellSamples, rep: usize) -> Result<f64> {
-        let rate = self.hop_rate(DB_POLL, cell, false).await?;
+        let (rate, _) = self.hop_rate(DB_POLL, cell, false).await?;
         self.progress
             .note(&self.rep_line(rep, cell, "poll-only", rate));
         Ok(rate)
@@ -526,6 +571,7 @@ impl Bench {
                 ceiling_samples: c.ceiling.clone(),
                 transport_samples: c.transport.clone(),
                 ceiling_round_trips: pgbench::ceiling_round_trips(),
+                cpu: CpuCell::of(&c.ceiling_cpu, &c.transport_cpu),
             })
             .collect();
         let mut pgmq_section = self.setup.pgmq.clone();

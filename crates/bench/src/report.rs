@@ -107,6 +107,43 @@ pub struct HopCell {
     /// Round trips per hop of the ceiling script (the pump's depend on its pipelining;
     /// see the transport's receive module).
     pub ceiling_round_trips: f64,
+    /// CPU per message of each side.
+    pub cpu: CpuCell,
+}
+
+/// CPU microseconds per message, medians and ranges over the repetitions. The client is
+/// pgbench for the ceiling and the bench process (the endpoint) for the transport; the
+/// server is the postmaster with its reaped backends (see the bench's cpu module).
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuCell {
+    /// pgbench.
+    pub ceiling_client_us: Option<Spread>,
+    /// The server under the ceiling.
+    pub ceiling_server_us: Option<Spread>,
+    /// The endpoint.
+    pub transport_client_us: Option<Spread>,
+    /// The server under the transport.
+    pub transport_server_us: Option<Spread>,
+}
+
+impl CpuCell {
+    /// The spreads of `(client, server)` samples of the ceiling and the transport.
+    pub fn of(ceiling: &[(f64, f64)], transport: &[(f64, f64)]) -> CpuCell {
+        let side = |samples: &[(f64, f64)], server: bool| {
+            let values: Vec<f64> = samples
+                .iter()
+                .map(|&(c, s)| if server { s } else { c })
+                .filter(|v| *v > 0.0)
+                .collect();
+            Spread::of(&values)
+        };
+        CpuCell {
+            ceiling_client_us: side(ceiling, false),
+            ceiling_server_us: side(ceiling, true),
+            transport_client_us: side(transport, false),
+            transport_server_us: side(transport, true),
+        }
+    }
 }
 
 /// pgmq's figures, or why there are none.
@@ -314,6 +351,8 @@ impl Report {
             );
         }
         out.push('\n');
+        self.cpu_rows(&mut out);
+        out.push('\n');
         self.pgmq_rows(&mut out);
         out.push('\n');
         self.wakeup_rows(&mut out);
@@ -360,6 +399,37 @@ impl Report {
             get("full_page_writes"),
             get("shared_buffers")
         )
+    }
+
+    fn cpu_rows(&self, out: &mut String) {
+        row(
+            out,
+            "CPU µs per message (median)",
+            &["ceiling: pgbench, server", "transport: client, server"],
+        );
+        let us = |s: &Option<Spread>| match s {
+            Some(s) => format!("{:.0}", s.median),
+            None => "-".into(),
+        };
+        for cell in &self.hops {
+            let c = &cell.cpu;
+            row(
+                out,
+                &format!("  batch {:>2}, {}", cell.batch, clients(cell.clients)),
+                &[
+                    &format!(
+                        "{} / {}",
+                        us(&c.ceiling_client_us),
+                        us(&c.ceiling_server_us)
+                    ),
+                    &format!(
+                        "{} / {}",
+                        us(&c.transport_client_us),
+                        us(&c.transport_server_us)
+                    ),
+                ],
+            );
+        }
     }
 
     fn pgmq_rows(&self, out: &mut String) {

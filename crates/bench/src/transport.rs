@@ -26,18 +26,27 @@ pub struct HopRun {
     pub wakeups: bool,
 }
 
+/// What one measurement found.
+#[derive(Debug, Clone, Copy)]
+pub struct HopRate {
+    /// Messages handled per second in the measuring window.
+    pub rate: f64,
+    /// Messages handled from start to shutdown, warm-up included.
+    pub handled: u64,
+}
+
 /// How long to wait for the careful start-up mode to end before giving up.
 const CAREFUL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs endpoint `name` on its ring and returns the messages handled per second over
-/// `measure`, after `warmup`.
+/// `measure`, after `warmup`, and all it handled.
 pub async fn measure(
     db: &Database,
     name: &str,
     run: HopRun,
     warmup: Duration,
     measure: Duration,
-) -> Result<f64> {
+) -> Result<HopRate> {
     let handled = Arc::new(AtomicU64::new(0));
     let endpoint = EndpointBuilder::new(name, db.clone())
         .handler::<Hop, _>(Forward {
@@ -75,5 +84,8 @@ pub async fn measure(
             "endpoint {name} did not stop within 10 s"
         )));
     }
-    Ok((after - before) as f64 / elapsed.as_secs_f64())
+    Ok(HopRate {
+        rate: (after - before) as f64 / elapsed.as_secs_f64(),
+        handled: handled.load(Ordering::Relaxed),
+    })
 }
