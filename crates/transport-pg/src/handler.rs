@@ -203,9 +203,12 @@ impl<'a> Context<'a> {
     /// Publishes event `message`: one copy to every endpoint subscribed to its type,
     /// written when the handler returns and visible at commit.
     pub fn publish<M: Message>(&mut self, message: &M) -> Result<Uuid> {
-        let mut template =
-            self.origin
-                .envelope_for(message, self.origin_self(), "publish", Some(self.headers))?;
+        let mut template = self.origin.envelope_for(
+            message,
+            self.origin_self()?,
+            "publish",
+            Some(self.headers),
+        )?;
         template.delivery = Delivery::Now;
         let id = template.message_id;
         self.publications.push(Publication {
@@ -268,9 +271,12 @@ impl<'a> Context<'a> {
         saga_id: Uuid,
         saga_type: &str,
     ) -> Result<Uuid> {
-        let mut outgoing =
-            self.origin
-                .envelope_for(message, self.origin_self(), "timeout", Some(self.headers))?;
+        let mut outgoing = self.origin.envelope_for(
+            message,
+            self.origin_self()?,
+            "timeout",
+            Some(self.headers),
+        )?;
         outgoing
             .headers
             .insert(header::SAGA_ID, saga_id.to_string());
@@ -286,18 +292,19 @@ impl<'a> Context<'a> {
     /// inside the receive transaction; returns how many were deleted. Timeouts requested
     /// by this same handler call are not yet written and are not affected.
     pub async fn cancel_timeouts(&self, saga_id: Uuid) -> Result<u64> {
-        let delayed = self.origin_self().tables().delayed;
+        let delayed = self.origin_self()?.tables().delayed;
         self.tx
             .execute(&crate::sql::delayed::delete_for_saga(&delayed), &[&saga_id])
             .await
             .map_err(crate::error::Error::db("cancel saga timeouts"))
     }
 
-    fn origin_self(&self) -> EndpointName {
-        self.origin
-            .reply_to
-            .clone()
-            .expect("a handler always runs in an endpoint, which has a queue")
+    /// This endpoint's own name. Every context is made by an endpoint's pump, which has a
+    /// queue; the error only guards against a sender-side origin slipping in.
+    fn origin_self(&self) -> Result<EndpointName> {
+        self.origin.reply_to.clone().ok_or_else(|| {
+            crate::Error::Config("this context has no endpoint of its own to address".into())
+        })
     }
 
     /// Sends command `message` to the endpoint its route names. The row is written when
