@@ -229,9 +229,14 @@ fn answer_from(
 /// Records `request` under `key` in a transaction of its own (autocommit).
 pub async fn record(pool: &Pool, key: &str, request: &Request) -> Result<Recorded> {
     let client = pool.get().await?;
+    // Prepared once per connection: the ledger runs on every call the endpoints make.
+    let record = client
+        .prepare_cached(LEDGER_RECORD)
+        .await
+        .map_err(Error::db("prepare record"))?;
     let row = client
         .query_one(
-            LEDGER_RECORD,
+            &record,
             &[
                 &key,
                 &request.operation.as_str(),
@@ -288,7 +293,11 @@ where
         .transaction()
         .await
         .map_err(Error::db("settle: begin"))?;
-    tx.execute(LEDGER_LOCK_ORDER, &[&request.order_id])
+    let lock = tx
+        .prepare_cached(LEDGER_LOCK_ORDER)
+        .await
+        .map_err(Error::db("prepare lock order"))?;
+    tx.execute(&lock, &[&request.order_id])
         .await
         .map_err(Error::db("settle: lock order"))?;
 
@@ -298,9 +307,13 @@ where
     let result = serde_json::to_value(&answer.reply).map_err(|e| Error::Corrupt {
         reason: format!("answer does not encode: {e}"),
     })?;
+    let settle = tx
+        .prepare_cached(LEDGER_SETTLE)
+        .await
+        .map_err(Error::db("prepare settle"))?;
     let updated = tx
         .execute(
-            LEDGER_SETTLE,
+            &settle,
             &[
                 &key,
                 &state.as_str(),
