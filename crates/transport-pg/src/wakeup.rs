@@ -42,11 +42,15 @@ pub struct Notifier {
     shared: Arc<NotifierShared>,
 }
 
+/// A destination's channel and payload.
+type Key = (String, &'static str);
+
 struct NotifierShared {
-    // Written by every committing task, drained by the notifier task.
-    pending: Mutex<BTreeSet<(String, &'static str)>>,
+    // Every destination marked and not yet notified since, with a count of its marks:
+    // written by every committing task, cleared by the notifier task.
+    pending: Mutex<BTreeMap<Key, u64>>,
     // Every mark since the last flush, for a process about to exit.
-    since_flush: Mutex<BTreeSet<(String, &'static str)>>,
+    since_flush: Mutex<BTreeSet<Key>>,
     wake: Notify,
 }
 
@@ -55,7 +59,7 @@ impl Notifier {
     /// reports losing it to `outage`.
     pub fn start(db: Database, outage: Outage) -> Notifier {
         let shared = Arc::new(NotifierShared {
-            pending: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(BTreeMap::new()),
             since_flush: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
         });
@@ -76,14 +80,26 @@ impl Notifier {
     fn mark_with(&self, destination: &EndpointName, payload: &'static str) {
         let key = (channel(destination), payload);
         let mut pending = self.shared.pending.lock().expect("notifier lock poisoned");
-        pending.insert(key.clone());
+        let first = match pending.get_mut(&key) {
+            Some(marks) => {
+                *marks += 1;
+                false
+            }
+            None => {
+                pending.insert(key.clone(), 0);
+                true
+            }
+        };
         drop(pending);
         self.shared
             .since_flush
             .lock()
             .expect("notifier lock poisoned")
             .insert(key);
-        self.shared.wake.notify_one();
+        // A destination already pending is in the notifier's schedule.
+        if first {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Sends, on `client` and now, a notification for everything marked since the last
@@ -108,38 +124,36 @@ impl Notifier {
 }
 
 /// Sends pending notifications until every [`Notifier`] handle is dropped.
+///
+/// A destination stays in `pending` from its first mark until a notification sent after
+/// its latest mark; marks on a destination already pending do not wake this task, so a
+/// busy destination costs one wake-up and one notification per [`COALESCE_INTERVAL`],
+/// however many commits mark it.
 async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outage: Outage) {
     let mut client: Option<tokio_postgres::Client> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut last_sent: BTreeMap<(String, &'static str), Instant> = BTreeMap::new();
-    let mut held: BTreeSet<(String, &'static str)> = BTreeSet::new();
+    let mut last_sent: BTreeMap<Key, Instant> = BTreeMap::new();
 
     loop {
         let Some(shared) = weak.upgrade() else {
             return;
         };
 
-        // Sleep until marked, or until the earliest held notification is due.
-        let next_due = held
+        // What is due now, and when the next of the rest is.
+        let now = Instant::now();
+        let mut ready: Vec<(Key, u64)> = Vec::new();
+        let mut next_due: Option<Instant> = None;
+        for (key, generation) in shared
+            .pending
+            .lock()
+            .expect("notifier lock poisoned")
             .iter()
-            .filter_map(|key| last_sent.get(key).map(|t| *t + COALESCE_INTERVAL))
-            .min();
         {
-            let notified = shared.wake.notified();
-            let empty = shared
-                .pending
-                .lock()
-                .expect("notifier lock poisoned")
-                .is_empty();
-            if empty {
-                // Without a due time, wake now and then to notice every handle is gone.
-                let until = next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-                let _ = tokio::time::timeout_at(until, notified).await;
+            match last_sent.get(key).map(|t| *t + COALESCE_INTERVAL) {
+                Some(due) if due > now => next_due = Some(next_due.map_or(due, |d| d.min(due))),
+                _ => ready.push((key.clone(), *generation)),
             }
         }
-        let marked = std::mem::take(&mut *shared.pending.lock().expect("notifier lock poisoned"));
-        drop(shared);
-        held.extend(marked);
 
         // A connection the server closed (a restart, pg_terminate_backend) is noticed
         // here, within a second even when idle, so its outage is counted with the rest.
@@ -147,7 +161,7 @@ async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outag
             outage.lost("notifier", "notifier connection closed");
             client = None;
         }
-        if client.is_none() && (outage.is_down() || !held.is_empty()) {
+        if client.is_none() && (outage.is_down() || !ready.is_empty()) {
             client = connect_notifier(&db).await;
             match client {
                 Some(_) => {
@@ -156,28 +170,24 @@ async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outag
                 }
                 None => {
                     outage.lost("notifier", "cannot connect");
+                    drop(shared);
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             }
         }
 
-        let now = Instant::now();
-        let ready: Vec<(String, &'static str)> = held
-            .iter()
-            .filter(|key| {
-                last_sent
-                    .get(*key)
-                    .is_none_or(|t| now >= *t + COALESCE_INTERVAL)
-            })
-            .cloned()
-            .collect();
         if ready.is_empty() {
+            // Until marked, or until the next held notification is due; without a due
+            // time, now and then, to notice every handle is gone. A mark made since the
+            // scan above left a permit, so it is not missed.
+            let until = next_due.unwrap_or_else(|| now + Duration::from_secs(1));
+            let _ = tokio::time::timeout_at(until, shared.wake.notified()).await;
             continue;
         }
 
-        let channels: Vec<&str> = ready.iter().map(|(c, _)| c.as_str()).collect();
-        let payloads: Vec<&str> = ready.iter().map(|(_, p)| *p).collect();
+        let channels: Vec<&str> = ready.iter().map(|((c, _), _)| c.as_str()).collect();
+        let payloads: Vec<&str> = ready.iter().map(|((_, p), _)| *p).collect();
         let sent = client
             .as_ref()
             .expect("connected above")
@@ -188,19 +198,23 @@ async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outag
             .await;
         match sent {
             Ok(_) => {
-                for key in ready {
-                    held.remove(&key);
+                let mut pending = shared.pending.lock().expect("notifier lock poisoned");
+                for (key, generation) in ready {
+                    // Marked again while this was sent: that commit may have come after
+                    // the notification, so the destination stays pending for the next.
+                    if pending.get(&key) == Some(&generation) {
+                        pending.remove(&key);
+                    }
                     last_sent.insert(key, now);
                 }
+                drop(pending);
                 // What the task sent needs no flush at exit. (A mark made meanwhile may be
                 // dropped here too; the receivers' poll covers it.)
-                if let Some(shared) = weak.upgrade() {
-                    shared
-                        .since_flush
-                        .lock()
-                        .expect("notifier lock poisoned")
-                        .clear();
-                }
+                shared
+                    .since_flush
+                    .lock()
+                    .expect("notifier lock poisoned")
+                    .clear();
                 // Forget destinations idle for a while, so the map stays small.
                 last_sent.retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
             }
