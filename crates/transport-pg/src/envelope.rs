@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::{BufMut, BytesMut};
 use message::Message;
+use postgres_types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -156,6 +158,88 @@ impl Headers {
     }
 }
 
+impl Headers {
+    /// Reads headers from the text of a JSON object. The common case, every value a
+    /// string, is read straight into the map; anything else goes through
+    /// [`from_json`](Headers::from_json), which accepts numbers and booleans, skips nulls
+    /// and says what is wrong with the rest.
+    pub fn from_json_text(text: &str) -> Result<Headers, String> {
+        if let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(text) {
+            // jsonb cannot hold NUL, but JSON text from elsewhere can.
+            let clean = map
+                .iter()
+                .all(|(k, v)| !k.contains('\0') && !v.contains('\0'));
+            if clean {
+                return Ok(Headers(map));
+            }
+            let mut headers = Headers::new();
+            for (name, value) in map {
+                headers.insert(name, value);
+            }
+            return Ok(headers);
+        }
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| format!("headers are not JSON: {e}"))?;
+        Headers::from_json(&value)
+    }
+}
+
+/// Written as a jsonb (or json) object straight from the map, without building a
+/// [`Value`] first: the send path writes one per message.
+impl ToSql for Headers {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            // The jsonb binary format: a version byte, then the JSON text.
+            out.put_u8(1);
+        }
+        serde_json::to_writer(out.writer(), &self.0)?;
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    to_sql_checked!();
+}
+
+/// The text of a jsonb (or json) column, unparsed: the receive reads headers this way
+/// and parses them once, into [`Headers`].
+#[derive(Debug, Clone)]
+pub struct JsonText(pub String);
+
+impl<'a> FromSql<'a> for JsonText {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<JsonText, Box<dyn std::error::Error + Sync + Send>> {
+        let text = if *ty == Type::JSONB {
+            match raw.split_first() {
+                Some((1, rest)) => rest,
+                _ => return Err("unsupported jsonb format version".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(JsonText(std::str::from_utf8(text)?.to_owned()))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+}
+
+impl JsonText {
+    /// The text as a JSON value, or as a JSON string if it is somehow not JSON.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or_else(|_| Value::String(self.0.clone()))
+    }
+}
+
 fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -242,6 +326,38 @@ mod tests {
         let mut headers = Headers::new();
         headers.insert("error_message", "bad\0byte");
         assert_eq!(headers.get("error_message"), Some("bad\u{FFFD}byte"));
+    }
+
+    #[test]
+    fn headers_are_read_from_json_text_whatever_their_scalars() {
+        let all_strings = Headers::from_json_text(r#"{"a": "1", "b": "x"}"#).unwrap();
+        assert_eq!(
+            (all_strings.get("a"), all_strings.get("b")),
+            (Some("1"), Some("x"))
+        );
+
+        let mixed = Headers::from_json_text(r#"{"a": 1, "b": true, "c": null}"#).unwrap();
+        assert_eq!((mixed.get("a"), mixed.get("b")), (Some("1"), Some("true")));
+        assert_eq!(mixed.get("c"), None);
+
+        let nested = Headers::from_json_text(r#"{"a": {"b": 1}}"#).unwrap_err();
+        assert!(nested.contains("not a string"), "{nested}");
+        let list = Headers::from_json_text("[1, 2]").unwrap_err();
+        assert!(list.contains("not an object"), "{list}");
+        let broken = Headers::from_json_text("{").unwrap_err();
+        assert!(broken.contains("not JSON"), "{broken}");
+    }
+
+    #[test]
+    fn headers_are_written_as_jsonb_with_its_version_byte() {
+        let mut headers = Headers::new();
+        headers.insert("message_type", "a.B");
+        let mut out = BytesMut::new();
+        headers.to_sql(&Type::JSONB, &mut out).unwrap();
+        assert_eq!(&out[..], b"\x01{\"message_type\":\"a.B\"}");
+        let text = JsonText::from_sql(&Type::JSONB, &out).unwrap();
+        assert_eq!(Headers::from_json_text(&text.0).unwrap(), headers);
+        assert!(JsonText::from_sql(&Type::JSONB, b"\x02{}").is_err());
     }
 
     #[test]
