@@ -7,6 +7,7 @@ mod fixtures;
 mod gateways;
 mod install;
 mod pgbus;
+mod pipeline;
 mod process;
 mod pubsub;
 mod receive;

@@ -2,14 +2,15 @@
 //!
 //! The ceiling script is the transport's own hop, its statement texts taken verbatim from
 //! [`QueueStatements`] with only the `$n` placeholders turned into pgbench variables
-//! (which `-M prepared` turns back into the same `$n`): BEGIN, the receive of n, then n
-//! times SAVEPOINT, INSERT of one message, RELEASE, and COMMIT. Two things pgbench
-//! dictates. It cannot keep a result inside a pipeline, and the transport probes from the
-//! last seq it received (DESIGN.md section 4), so the receive goes alone, and `\aset`
-//! keeps the last row's `seq` as the next probe's start; everything after it, savepoints
-//! included, goes out as one pipeline. And a script must end outside a transaction, so
-//! each script runs [`HOPS_PER_SCRIPT`] hops and pipelines each hop's BEGIN behind the
-//! previous COMMIT: 2 + 1/8 round trips per hop, whatever n.
+//! (which `-M prepared` turns back into the same `$n`): BEGIN, the receive of n, one
+//! INSERT of the n messages sent on, and COMMIT, as the pump runs a batch whose handler
+//! runs no statement of its own (and so takes no savepoint; see the transport's
+//! `pipeline` module). Two things pgbench dictates. It cannot keep a result inside a
+//! pipeline, and the transport probes from the last seq it received (DESIGN.md section
+//! 4), so the receive goes alone, and `\aset` keeps the last row's `seq` as the next
+//! probe's start; everything after it goes out as one pipeline. And a script must end
+//! outside a transaction, so each script runs [`HOPS_PER_SCRIPT`] hops and pipelines
+//! each hop's BEGIN behind the previous COMMIT: 2 + 1/8 round trips per hop, whatever n.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -44,8 +45,8 @@ fn substitute(text: &str, pairs: &[(&str, &str)]) -> Result<String> {
     Ok(out)
 }
 
-/// The ceiling script for batches of `batch` messages.
-pub fn ceiling_script(statements: &QueueStatements, batch: usize) -> Result<String> {
+/// The ceiling script; the batch size is in its variables ([`ceiling_variables`]).
+pub fn ceiling_script(statements: &QueueStatements) -> Result<String> {
     let receive = substitute(&statements.receive, &[("$1", "seq"), ("$2", "n")])?;
     let insert = substitute(
         &statements.insert,
@@ -59,12 +60,8 @@ pub fn ceiling_script(statements: &QueueStatements, batch: usize) -> Result<Stri
     for hop in 0..HOPS_PER_SCRIPT {
         script.push_str(&receive);
         script.push_str("\n\\aset\n\\startpipeline\n");
-        for _ in 0..batch {
-            script.push_str("SAVEPOINT handler;\n");
-            script.push_str(&insert);
-            script.push_str(";\nRELEASE SAVEPOINT handler;\n");
-        }
-        script.push_str("COMMIT;\n");
+        script.push_str(&insert);
+        script.push_str(";\nCOMMIT;\n");
         if hop + 1 < HOPS_PER_SCRIPT {
             script.push_str("BEGIN;\n");
         }
@@ -87,22 +84,29 @@ COMMIT;
 \\endpipeline
 ";
 
-/// A pgbench array literal holding one element, `element`, quoted.
-fn array_literal(element: &str) -> String {
+/// A pgbench array literal holding `count` copies of `element`, quoted.
+fn array_literal(element: &str, count: usize) -> String {
     let escaped = element.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("{{\"{escaped}\"}}")
+    let quoted = format!("\"{escaped}\"");
+    format!("{{{}}}", vec![quoted; count].join(","))
 }
 
-/// The `-D` variables of the ceiling script: the probe start, the batch size and one
-/// message's columns as the insert's one-element arrays.
+/// The `-D` variables of the ceiling script: the probe start, the batch size and the
+/// columns of the batch's `batch` sends as the insert's arrays, each a copy of `sample`.
 pub fn ceiling_variables(sample: &SampleRow, batch: usize) -> Vec<(String, String)> {
     let hex: String = sample.body.iter().map(|b| format!("{b:02x}")).collect();
     vec![
         ("seq".into(), "0".into()),
         ("n".into(), batch.to_string()),
-        ("ids".into(), format!("{{{}}}", sample.message_id)),
-        ("hs".into(), array_literal(&sample.headers.to_string())),
-        ("bs".into(), array_literal(&format!("\\x{hex}"))),
+        (
+            "ids".into(),
+            array_literal(&sample.message_id.to_string(), batch),
+        ),
+        (
+            "hs".into(),
+            array_literal(&sample.headers.to_string(), batch),
+        ),
+        ("bs".into(), array_literal(&format!("\\x{hex}"), batch)),
     ]
 }
 
@@ -217,26 +221,27 @@ mod tests {
 
     #[test]
     fn ceiling_script_keeps_the_statements_and_only_renames_placeholders() {
-        let script = ceiling_script(&statements(), 2).unwrap();
+        let script = ceiling_script(&statements()).unwrap();
         let receive = statements()
             .receive
             .replace("$1", ":seq")
             .replace("$2", ":n");
         assert!(script.contains(&receive));
         assert_eq!(script.matches("\\aset").count(), HOPS_PER_SCRIPT);
-        assert_eq!(
-            script.matches("SAVEPOINT handler;").count(),
-            4 * HOPS_PER_SCRIPT
-        );
+        assert_eq!(script.matches("INSERT INTO").count(), HOPS_PER_SCRIPT);
+        assert!(!script.contains("SAVEPOINT"));
         assert_eq!(script.matches("COMMIT;").count(), HOPS_PER_SCRIPT);
         assert_eq!(script.matches("BEGIN;").count(), HOPS_PER_SCRIPT);
         assert!(!script.contains('$'));
     }
 
     #[test]
-    fn array_literals_escape_quotes_and_backslashes() {
-        assert_eq!(array_literal(r#"{"a": "b\c"}"#), r#"{"{\"a\": \"b\\c\"}"}"#);
-        assert_eq!(array_literal("\\x0102"), r#"{"\\x0102"}"#);
+    fn array_literals_repeat_and_escape_quotes_and_backslashes() {
+        assert_eq!(
+            array_literal(r#"{"a": "b\c"}"#, 1),
+            r#"{"{\"a\": \"b\\c\"}"}"#
+        );
+        assert_eq!(array_literal("\\x0102", 2), r#"{"\\x0102","\\x0102"}"#);
     }
 
     #[test]

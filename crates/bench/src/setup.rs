@@ -122,7 +122,7 @@ pub async fn prepare(server: &Server, args: &Args) -> Result<Setup> {
     let mut ceiling_scripts = Vec::new();
     for &batch in &args.batches {
         let path = args.work_dir.join(format!("ceiling-batch-{batch}.sql"));
-        let script = pgbench::ceiling_script(&statements, batch)?;
+        let script = pgbench::ceiling_script(&statements)?;
         std::fs::write(&path, script).map_err(Error::io("write", &path))?;
         ceiling_scripts.push((batch, path));
     }

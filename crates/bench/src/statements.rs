@@ -37,7 +37,7 @@ pub struct Pair {
     /// Whether both entries exist and their texts match, whitespace aside.
     pub same_text: bool,
     /// Whether the ceiling's count is only of first runs: before PostgreSQL 16 the
-    /// extension counts a utility statement (BEGIN, SAVEPOINT, RELEASE, COMMIT) run from a
+    /// extension counts a utility statement (BEGIN, COMMIT) run from a
     /// named prepared statement, as `pgbench -M prepared` runs it, only the first time on
     /// each connection. The transport sends those as simple queries, counted every time.
     pub ceiling_counted_once: bool,
@@ -54,9 +54,7 @@ fn hop_statements(statements: &QueueStatements) -> Vec<(&'static str, String, bo
     vec![
         ("begin", "BEGIN".to_owned(), true),
         ("receive n", statements.receive.clone(), false),
-        ("savepoint", "SAVEPOINT handler".to_owned(), true),
-        ("send one", statements.insert.clone(), false),
-        ("release", "RELEASE SAVEPOINT handler".to_owned(), true),
+        ("send n", statements.insert.clone(), false),
         ("commit", "COMMIT".to_owned(), true),
     ]
 }

@@ -2,8 +2,9 @@
 //!
 //! A handler gets the decoded message and a [`Context`]: the message's headers, the
 //! receive transaction (through [`Tx`]) for business writes, and send. Everything it does
-//! commits or rolls back with the receive of the message: the host runs each handler in a
-//! savepoint and writes its sends inside that savepoint after it returns.
+//! commits or rolls back with the receive of the message: the host gives the handler a
+//! savepoint of its own (in a pipelined batch, just before its first statement) and
+//! writes its sends after it returns, before anything that could read them.
 
 use std::any::Any;
 use std::future::Future;
@@ -21,6 +22,7 @@ use crate::error::Result;
 use crate::executor::Executor;
 use crate::failure::HandlerError;
 use crate::name::EndpointName;
+use crate::pipeline::{Lazy, Pipeline};
 use crate::send::{Delivery, Origin, Outgoing};
 use crate::subscriptions::Publication;
 
@@ -75,13 +77,45 @@ pub trait Handler<M: Message>: Send + Sync + 'static {
 /// The receive transaction as a handler sees it: statements only, no transaction
 /// control, because the host owns BEGIN, the savepoints and COMMIT. Settings a handler
 /// changes must be `SET LOCAL`, since the connection returns to a pool.
+///
+/// In a pipelined batch the handler's savepoint is taken just before its first
+/// statement, so a handler that never runs one costs the batch no savepoint.
 pub struct Tx<'a> {
     client: &'a deadpool_postgres::Client,
+    pipeline: Option<&'a dyn Lazy>,
 }
 
 impl<'a> Tx<'a> {
+    /// A transaction whose handler savepoint, if any, is already taken.
     pub(crate) fn new(client: &'a deadpool_postgres::Client) -> Self {
-        Tx { client }
+        Tx {
+            client,
+            pipeline: None,
+        }
+    }
+
+    /// A transaction of a pipelined batch, which takes the savepoint when first used.
+    pub(crate) fn pipelined<'c: 'a>(pipeline: &'a Pipeline<'c>) -> Self {
+        Tx {
+            client: pipeline.client(),
+            pipeline: Some(pipeline),
+        }
+    }
+
+    /// The connection, for the host's own statements (not the handler's).
+    pub(crate) fn client(&self) -> &'a deadpool_postgres::Client {
+        self.client
+    }
+
+    fn before_statement(&self) {
+        if let Some(pipeline) = self.pipeline {
+            pipeline.before_statement();
+        }
+    }
+
+    async fn prepare(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        self.before_statement();
+        self.client.prepare_cached(sql).await
     }
 
     /// Runs a statement, returning the rows affected.
@@ -90,7 +124,7 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
-        let statement = self.client.prepare_cached(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.execute(&statement, params).await
     }
 
@@ -100,7 +134,7 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let statement = self.client.prepare_cached(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.query(&statement, params).await
     }
 
@@ -110,7 +144,7 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, tokio_postgres::Error> {
-        let statement = self.client.prepare_cached(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.query_one(&statement, params).await
     }
 
@@ -120,14 +154,14 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, tokio_postgres::Error> {
-        let statement = self.client.prepare_cached(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.query_opt(&statement, params).await
     }
 }
 
 impl Executor for Tx<'_> {
     async fn prepare_statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        self.client.prepare_cached(sql).await
+        self.prepare(sql).await
     }
 
     fn execute_statement(
@@ -135,6 +169,8 @@ impl Executor for Tx<'_> {
         statement: &Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
+        // Synchronous, so the savepoint is on the connection before this request.
+        self.before_statement();
         self.client.execute(statement, params)
     }
 
@@ -143,6 +179,7 @@ impl Executor for Tx<'_> {
         statement: &Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send {
+        self.before_statement();
         self.client.query(statement, params)
     }
 }
@@ -160,13 +197,13 @@ pub struct Context<'a> {
 
 impl<'a> Context<'a> {
     pub(crate) fn new(
-        client: &'a deadpool_postgres::Client,
+        tx: Tx<'a>,
         headers: &'a Headers,
         message_id: Uuid,
         origin: &'a Origin,
     ) -> Self {
         Context {
-            tx: Tx::new(client),
+            tx,
             headers,
             message_id,
             origin,
@@ -307,8 +344,9 @@ impl<'a> Context<'a> {
         })
     }
 
-    /// Sends command `message` to the endpoint its route names. The row is written when
-    /// the handler returns, inside its savepoint, and becomes visible at commit.
+    /// Sends command `message` to the endpoint its route names. The row is written after
+    /// the handler returns (a failed handler's sends are never written) and becomes
+    /// visible at commit.
     pub fn send<M: Message>(&mut self, message: &M) -> Result<Uuid> {
         self.push(message, None, "send")
     }

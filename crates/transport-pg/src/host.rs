@@ -269,6 +269,7 @@ impl EndpointBuilder {
             claim_class: claim_class(&name),
             throttle: Throttle::new(self.config.throttle_after, self.config.throttle_pause),
             outage: outage.clone(),
+            work: tokio::sync::Notify::new(),
         });
 
         // Without a listener the wake channel never changes, and workers poll.
@@ -292,8 +293,9 @@ impl EndpointBuilder {
             outage,
         };
         workers.spawn(mover.run(wake_delayed, stop.clone()));
+        workers.spawn(pump.clone().relay_wakeups(wake, stop.clone()));
         for worker in 0..self.config.concurrency {
-            workers.spawn(pump.clone().run_worker(worker, wake.clone(), stop.clone()));
+            workers.spawn(pump.clone().run_worker(worker, stop.clone()));
         }
 
         // Publishers may hold a subscriber list this old: after this wait, every event

@@ -79,6 +79,7 @@ mod migrate;
 mod name;
 pub mod outage;
 mod panic_location;
+mod pipeline;
 mod receive;
 mod recoverability;
 mod send;

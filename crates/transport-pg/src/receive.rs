@@ -1,44 +1,40 @@
 //! The receive pump: workers that take a batch of messages and run it as one transaction.
 //!
 //! Each worker loops: take up to n rows with `DELETE ... RETURNING` (SKIP LOCKED, so
-//! competing consumers never take the same row), run each message's handler in its own
-//! savepoint, write its sends inside that savepoint, and commit once. A failing handler
-//! is rolled back to its savepoint and its message put back, in the same transaction,
-//! with its counter raised, so neither the message nor its count is ever lost. When the
+//! competing consumers never take the same row), run each message's handler in a
+//! savepoint of its own (taken when it first runs a statement; see [`crate::pipeline`]),
+//! write the sends, and commit once. A failing handler is rolled back to its savepoint,
+//! its sends dropped and its message put back, in the same transaction, with its counter
+//! raised, so neither the message nor its count is ever lost. When the
 //! queue is empty a worker waits for a wake-up or its poll back-off, whichever is first.
 //!
 //! What happens to a failed message (put back, or moved to the error queue) is decided in
 //! [`crate::error_queue`] and the attempt limit of [`PumpConfig`].
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Object, Pool};
 use futures_util::FutureExt;
-use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 use uuid::Uuid;
 
-use crate::envelope::{Headers, header};
+use crate::envelope::{Headers, JsonText, header};
 use crate::error::{Error, Result};
 use crate::error_queue::{FailedMessage, FailureDetails, move_to_error_queue};
 use crate::failure::HandlerError;
-use crate::handler::{Context, ErasedHandler, Prepared};
+use crate::handler::{Context, ErasedHandler, Prepared, Tx};
 use crate::name::EndpointName;
 use crate::outage::{Backoff, Outage};
 use crate::panic_location;
+use crate::pipeline::Pipeline;
 use crate::recoverability::{NextStep, RetryPolicy, Throttle};
-use crate::send::{
-    Delivery, Origin, Outgoing, Written, plan_writes, prepare_writes, run_writes, write_outgoing,
-};
+use crate::send::{Delivery, Origin, Outgoing, Written, write_outgoing};
 use crate::sql::{self, QueueStatements};
 use crate::wakeup::Notifier;
 
@@ -90,6 +86,11 @@ pub(crate) struct Pump {
     pub claim_class: i32,
     pub throttle: Throttle,
     pub outage: Outage,
+    /// Wakes one idle worker: for each wake-up of the endpoint's queue (see
+    /// [`relay_wakeups`](Pump::relay_wakeups)), and from a worker whose batch came back
+    /// full, since more may be waiting. Waking one at a time, rather than every idle
+    /// worker at each notification, spares the server a herd of empty receives.
+    pub work: tokio::sync::Notify,
 }
 
 /// Whether the pump is still in the careful mode it starts in, and the run of successes
@@ -123,7 +124,7 @@ const CAREFUL_RUN: u32 = 20;
 struct Received {
     seq: i64,
     message_id: Uuid,
-    raw_headers: Value,
+    raw_headers: JsonText,
     body: Vec<u8>,
     enqueued_at: SystemTime,
 }
@@ -225,37 +226,6 @@ impl Drop for OpenTx {
     }
 }
 
-/// Requests sent but not yet answered, oldest first. Each future is polled once when it
-/// is launched, which sends its requests; its answers wait in the driver until
-/// [`finish`](InFlight::finish) collects them in order.
-#[derive(Default)]
-struct InFlight<'a> {
-    pending: Vec<Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>>,
-}
-
-impl<'a> InFlight<'a> {
-    /// Sends `future`'s requests now; an error it reports at once is returned at once.
-    async fn launch(&mut self, future: impl Future<Output = Result<()>> + Send + 'a) -> Result<()> {
-        let mut future = Box::pin(future);
-        let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
-        match first {
-            Poll::Ready(result) => result,
-            Poll::Pending => {
-                self.pending.push(future);
-                Ok(())
-            }
-        }
-    }
-
-    /// Waits for every answer, in the order sent; the first failure is returned.
-    async fn finish(&mut self) -> Result<()> {
-        for future in self.pending.drain(..) {
-            future.await?;
-        }
-        Ok(())
-    }
-}
-
 /// Why a pipelined batch did not commit.
 enum PipelineError {
     /// A statement in it failed; the batch is rolled back and retaken one by one.
@@ -275,26 +245,50 @@ impl From<Error> for PipelineError {
 }
 
 impl Pump {
-    /// Runs one worker until `stop` turns true; an in-flight batch is finished first.
-    pub async fn run_worker(
+    /// Wakes one idle worker for each wake-up of the queue, until the listener stops
+    /// (then the workers poll) or `stop` turns true.
+    pub async fn relay_wakeups(
         self: Arc<Self>,
-        worker: usize,
         mut wake: watch::Receiver<u64>,
         mut stop: watch::Receiver<bool>,
     ) {
+        loop {
+            tokio::select! {
+                changed = wake.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.work.notify_one();
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Ends the transaction a worker holds begun, if any, returning its connection.
+async fn release(held: &mut Option<OpenTx>) {
+    if let Some(tx) = held.take() {
+        // On failure the connection is discarded, which also ends the transaction.
+        let _ = tx.rollback().await;
+    }
+}
+
+impl Pump {
+    /// Runs one worker until `stop` turns true; an in-flight batch is finished first.
+    pub async fn run_worker(self: Arc<Self>, worker: usize, mut stop: watch::Receiver<bool>) {
         let min_idle = Duration::from_millis(1);
         let mut idle = min_idle;
         let mut position = 0i64;
         let mut last_reset = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut wake_closed = false;
         let task = format!("worker {worker}");
         let mut reported_down = false;
+        // A connection whose next transaction is already begun: a busy worker's commit
+        // carries the next BEGIN (see `receive_up_to`).
+        let mut held: Option<OpenTx> = None;
 
         while !*stop.borrow() {
-            // Marks the current wake-up as seen, so one arriving during the receive below
-            // is not missed by the wait after it.
-            wake.borrow_and_update();
             if last_reset.elapsed() >= POSITION_RESET_INTERVAL {
                 position = 0;
                 last_reset = Instant::now();
@@ -302,12 +296,15 @@ impl Pump {
 
             let careful = self.careful.active.load(Ordering::Relaxed);
             let throttled = self.throttle.is_active();
+            if careful || throttled {
+                release(&mut held).await;
+            }
             let received = if careful {
                 self.receive_careful(position).await
             } else if throttled {
                 self.receive_throttled(position).await
             } else {
-                self.receive_batch(position).await
+                self.receive_batch(position, &mut held).await
             };
             match received {
                 Ok(outcome) => {
@@ -326,6 +323,7 @@ impl Pump {
                         last_reset = Instant::now();
                     } else {
                         position = outcome.last_seq;
+                        self.work.notify_one();
                     }
                     if outcome.taken > 0 {
                         idle = min_idle;
@@ -353,22 +351,12 @@ impl Pump {
                 }
             }
 
-            let woken = async {
-                if wake_closed {
-                    std::future::pending::<bool>().await
-                } else {
-                    wake.changed().await.is_ok()
-                }
-            };
+            // A wake-up that came while this worker was busy left a permit, so it is
+            // not missed here.
             tokio::select! {
-                open = woken => {
-                    if open {
-                        position = 0;
-                        idle = min_idle;
-                    } else {
-                        // The listener has stopped (shutdown): poll until told to stop.
-                        wake_closed = true;
-                    }
+                _ = self.work.notified() => {
+                    position = 0;
+                    idle = min_idle;
                 }
                 _ = tokio::time::sleep(idle) => {
                     idle = (idle * 2).min(self.config.idle_poll_max);
@@ -376,37 +364,64 @@ impl Pump {
                 _ = stop.changed() => {}
             }
         }
+        release(&mut held).await;
         debug!(endpoint = %self.endpoint, worker, "worker stopped");
     }
 
     /// Takes up to a batch after `position` and runs it as one pipelined transaction;
     /// if anything in the pipeline fails, rolls it back and retakes the same messages
-    /// one at a time, unpipelined, so the failing one is isolated.
-    async fn receive_batch(&self, position: i64) -> Result<BatchOutcome> {
-        self.receive_up_to(position, self.config.batch_size).await
+    /// one at a time, unpipelined, so the failing one is isolated. `held` is a
+    /// connection whose transaction is already begun, used instead of a new one; a full
+    /// batch leaves one there again.
+    async fn receive_batch(
+        &self,
+        position: i64,
+        held: &mut Option<OpenTx>,
+    ) -> Result<BatchOutcome> {
+        self.receive_up_to(position, self.config.batch_size, Some(held))
+            .await
     }
 
-    async fn receive_up_to(&self, position: i64, batch_size: usize) -> Result<BatchOutcome> {
-        let client = self.pool.get().await?;
-        let receive = client
+    /// Takes up to `batch_size` after `position`, as [`receive_batch`](Self::receive_batch)
+    /// does. With `chain`, a batch that commits sends the next BEGIN with its COMMIT and
+    /// leaves the connection in `chain` for the next receive: one statement fewer per
+    /// batch, and PostgreSQL flushes its socket once per statement, so one write fewer on
+    /// each side. Only a full batch chains; after a short one the worker may go idle, and
+    /// an idle worker holds no transaction.
+    async fn receive_up_to(
+        &self,
+        position: i64,
+        batch_size: usize,
+        mut chain: Option<&mut Option<OpenTx>>,
+    ) -> Result<BatchOutcome> {
+        let held = chain.as_mut().and_then(|held| held.take());
+        let begun = held.is_some();
+        let tx = match held {
+            Some(tx) => tx,
+            None => OpenTx::new(self.pool.get().await?),
+        };
+        let receive = tx
+            .client()
             .prepare_cached(&self.statements.receive)
             .await
             .map_err(Error::db(format!("prepare receive for {}", self.endpoint)))?;
-        let tx = OpenTx::new(client);
 
-        // BEGIN, the receive and the first message's savepoint in one round trip.
         let limit = batch_size as i64;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&position, &limit];
-        // `biased` polls in order, so the requests go out in order: BEGIN first.
-        let (begun, rows, savepoint) = tokio::join!(
-            biased;
-            tx.client().batch_execute("BEGIN"),
-            tx.client().query(&receive, &params),
-            tx.client().batch_execute("SAVEPOINT handler"),
-        );
-        begun.map_err(Error::db("begin"))?;
+        let rows = if begun {
+            tx.client().query(&receive, &params).await
+        } else {
+            // BEGIN and the receive in one round trip; `biased` polls in order, so the
+            // requests go out in order, BEGIN first.
+            let (begun, rows) = tokio::join!(
+                biased;
+                tx.client().batch_execute("BEGIN"),
+                tx.client().query(&receive, &params),
+            );
+            begun.map_err(Error::db("begin"))?;
+            rows
+        };
         let rows = rows.map_err(Error::db(format!("receive from {}", self.endpoint)))?;
-        savepoint.map_err(Error::db("savepoint"))?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(BatchOutcome {
@@ -419,10 +434,14 @@ impl Pump {
         let taken = batch.len();
         let last_seq = batch.iter().map(|(r, _)| r.seq).max().unwrap_or(position);
         let seqs: Vec<i64> = batch.iter().map(|(r, _)| r.seq).collect();
+        let chain = chain.filter(|_| taken == batch_size);
 
-        match self.run_pipelined(&tx, batch).await {
+        match self.run_pipelined(&tx, batch, chain.is_some()).await {
             Ok(written) => {
-                tx.finished();
+                match chain {
+                    Some(held) => *held = Some(tx),
+                    None => tx.finished(),
+                }
                 self.wake(written);
             }
             Err(PipelineError::Lost(error)) => return Err(error),
@@ -433,6 +452,7 @@ impl Pump {
                     messages = taken,
                     "pipelined batch failed; retaking its messages one at a time"
                 );
+                // Also ends the transaction a chained BEGIN may have opened.
                 tx.rollback().await?;
                 self.retake(&seqs).await?;
             }
@@ -449,7 +469,7 @@ impl Pump {
                 last_seq: position,
             });
         }
-        let outcome = self.receive_up_to(position, 1).await?;
+        let outcome = self.receive_up_to(position, 1, None).await?;
         if outcome.taken > 0 && self.throttle.is_active() {
             tokio::time::sleep(self.throttle.pause).await;
         }
@@ -483,89 +503,59 @@ impl Pump {
         batch
     }
 
-    /// Runs a batch whose BEGIN and first savepoint are already sent. Each message's
-    /// sends, the release of its savepoint and the next savepoint (or, after the last,
-    /// COMMIT) go out together and are not waited for: the next handler starts at once,
-    /// its statements queued behind them on the connection, and every answer is checked
-    /// at the end. A failure anywhere fails the batch, which is then retaken one message
-    /// at a time; a handler that returns an error is handled in place once the answers so
-    /// far are in.
+    /// Runs a batch whose BEGIN and receive are done, through a [`Pipeline`]: nothing
+    /// is waited for until the commit, except where a handler waits for its own
+    /// statements. The handlers' sends go out together before the next statement that
+    /// could read them, and a handler gets a savepoint only if it runs a statement. A
+    /// failure anywhere fails the batch, which is then retaken one message at a time; a
+    /// handler that returns an error is handled in place once the answers so far are in.
     async fn run_pipelined(
         &self,
         tx: &OpenTx,
         batch: Vec<(Received, Parsed)>,
+        begin_next: bool,
     ) -> Result<Vec<Written>, PipelineError> {
         let client = tx.client();
-        let count = batch.len();
+        let pipeline = Pipeline::new(client);
         let mut written = Vec::new();
-        let mut in_flight = InFlight::default();
 
-        for (i, (received, parsed)) in batch.into_iter().enumerate() {
-            let tail = if i + 1 == count {
-                "RELEASE SAVEPOINT handler; COMMIT"
-            } else {
-                "RELEASE SAVEPOINT handler; SAVEPOINT handler"
-            };
+        for (received, parsed) in batch {
             let Some((headers, message_type, handler, prepared)) =
                 self.ready_or_poison(client, &received, parsed).await?
             else {
-                client
-                    .batch_execute(tail)
-                    .await
-                    .map_err(Error::db("release"))?;
                 continue;
             };
 
+            pipeline.start_handler();
+            let tx = Tx::pipelined(&pipeline);
             match self
-                .run_handler(client, &received, &headers, handler, prepared)
+                .run_handler(tx, &received, &headers, handler, prepared)
                 .await
             {
                 Ok(outgoing) => {
-                    // Prepared first (from the cache, after the first time), so that the
-                    // launch below sends every request on its first poll, in order.
-                    let (statements, targets) = {
-                        let writes = plan_writes(&outgoing);
-                        let statements = prepare_writes(client, &writes).await?;
-                        let targets: Vec<Written> = writes.into_iter().map(|w| w.target).collect();
-                        (statements, targets)
-                    };
-                    in_flight
-                        .launch(async move {
-                            let writes = plan_writes(&outgoing);
-                            // `biased`: the sends must reach the server before the tail.
-                            let (sent, ended) = tokio::join!(
-                                biased;
-                                run_writes(client, &writes, &statements),
-                                client.batch_execute(tail),
-                            );
-                            sent?;
-                            ended.map_err(Error::db("release"))
-                        })
-                        .await?;
+                    written.extend(outgoing.iter().map(Written::of));
+                    pipeline.defer(outgoing).await?;
                     self.succeeded(&received, &message_type);
-                    written.extend(targets);
                 }
                 Err(failure) => {
                     // Known at once, so handled in place, once the answers so far show
-                    // the transaction is still sound: undo the handler, put the message
-                    // back, and carry on with the rest of the batch.
-                    in_flight.finish().await?;
-                    client
-                        .batch_execute("ROLLBACK TO SAVEPOINT handler")
-                        .await
-                        .map_err(Error::db("rollback to savepoint"))?;
+                    // the transaction is still sound: undo what the handler ran (its
+                    // sends were never written), put the message back, carry on.
+                    pipeline.finish().await?;
+                    if pipeline.handler_has_savepoint() {
+                        client
+                            .batch_execute("ROLLBACK TO SAVEPOINT handler")
+                            .await
+                            .map_err(Error::db("rollback to savepoint"))?;
+                    }
                     let put_back = self
                         .put_back_or_fail(client, &received, headers, &message_type, &failure)
                         .await?;
                     written.extend(put_back);
-                    client
-                        .batch_execute(tail)
-                        .await
-                        .map_err(Error::db("release"))?;
                 }
             }
         }
-        in_flight.finish().await?;
+        pipeline.commit(begin_next).await?;
         Ok(written)
     }
 
@@ -729,7 +719,7 @@ impl Pump {
             .await
             .map_err(Error::db("savepoint"))?;
         let outcome = match self
-            .run_handler(client, received, &headers, handler, prepared)
+            .run_handler(Tx::new(client), received, &headers, handler, prepared)
             .await
         {
             Ok(outgoing) => write_outgoing(client, &outgoing)
@@ -807,13 +797,14 @@ impl Pump {
     /// publication expanded into one copy per subscriber.
     async fn run_handler(
         &self,
-        client: &Object,
+        tx: Tx<'_>,
         received: &Received,
         headers: &Headers,
         handler: Arc<dyn ErasedHandler>,
         prepared: Prepared,
     ) -> Result<Vec<Outgoing>, HandlerError> {
-        let mut ctx = Context::new(client, headers, received.message_id, &self.origin);
+        let client = tx.client();
+        let mut ctx = Context::new(tx, headers, received.message_id, &self.origin);
         let result = AssertUnwindSafe(handler.call(prepared.value, &mut ctx))
             .catch_unwind()
             .await;
@@ -871,11 +862,12 @@ impl Pump {
         message_type: Option<&str>,
         details: &FailureDetails,
     ) -> Result<()> {
+        let raw_headers = received.raw_headers.to_value();
         let failed = FailedMessage {
             message_id: received.message_id,
             message_type,
             headers,
-            raw_headers: &received.raw_headers,
+            raw_headers: &raw_headers,
             body: &received.body,
             enqueued_at: Some(received.enqueued_at),
         };
@@ -909,7 +901,7 @@ impl Pump {
             }
         };
 
-        let mut headers = match Headers::from_json(&received.raw_headers) {
+        let mut headers = match Headers::from_json_text(&received.raw_headers.0) {
             Ok(headers) => headers,
             Err(reason) => {
                 return poison(
@@ -972,11 +964,12 @@ impl Pump {
         let delivery = match step {
             NextStep::Fail => {
                 let details = FailureDetails::from_handler(message_type, failure);
+                let raw_headers = received.raw_headers.to_value();
                 let failed = FailedMessage {
                     message_id: received.message_id,
                     message_type: Some(message_type),
                     headers: Some(&headers),
-                    raw_headers: &received.raw_headers,
+                    raw_headers: &raw_headers,
                     body: &received.body,
                     enqueued_at: Some(received.enqueued_at),
                 };

@@ -203,11 +203,28 @@ pub(crate) struct TableWrite<'a> {
     pub target: Written,
     sql: String,
     ids: Vec<Uuid>,
-    headers: Vec<serde_json::Value>,
+    headers: Vec<&'a Headers>,
     bodies: Vec<&'a [u8]>,
     due_at: Vec<Option<SystemTime>>,
     delay_ms: Vec<i64>,
     saga_ids: Vec<Option<Uuid>>,
+}
+
+impl TableWrite<'_> {
+    /// The insert statement's text.
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
+    }
+}
+
+impl Written {
+    /// The table `outgoing` goes to.
+    pub(crate) fn of(outgoing: &Outgoing) -> Written {
+        Written {
+            destination: outgoing.destination.clone(),
+            delayed: outgoing.delivery != Delivery::Now,
+        }
+    }
 }
 
 /// Groups `messages` by table, in first-seen order, one statement per table.
@@ -244,7 +261,7 @@ pub(crate) fn plan_writes(messages: &[Outgoing]) -> Vec<TableWrite<'_>> {
             }
         };
         write.ids.push(message.message_id);
-        write.headers.push(message.headers.to_json());
+        write.headers.push(&message.headers);
         write.bodies.push(&message.body);
         match message.delivery {
             Delivery::Now => {}

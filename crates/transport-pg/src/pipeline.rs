@@ -1,0 +1,246 @@
+//! The pipeline of one batch transaction: requests sent but not yet answered, the sends of
+//! handlers that have returned, and the handler savepoint, taken only when needed.
+//!
+//! PostgreSQL answers every parameterised statement and every simple query with a
+//! ReadyForQuery and flushes its socket there, so each one costs a write on the server and
+//! a wake-up on the client, whatever the pipelining. A batch therefore sends as few as it
+//! can: the sends of all its handlers go out as one insert per destination table, written
+//! just before the next statement that could see them (a handler's first statement, or
+//! COMMIT), and a handler gets its savepoint only when it first touches the transaction.
+//! A handler that never does has nothing to roll back: its sends are still in memory.
+//!
+//! Every request goes out at once and its answer is checked later, oldest first; a failed
+//! one fails the batch, which the pump then rolls back and retakes message by message
+//! without this module (see [`crate::receive`]).
+//!
+//! This module owns none of BEGIN, the receive or the retake; only what happens between
+//! the receive and the commit of a pipelined batch.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+use deadpool_postgres::Object;
+use tokio_postgres::Statement;
+
+use crate::error::{Error, Result};
+use crate::send::{Outgoing, plan_writes, run_writes, send_error};
+
+/// What a handler's [`Tx`](crate::Tx) calls before each statement; a trait, so that the
+/// `Tx` does not carry the pipeline's own lifetime.
+pub(crate) trait Lazy: Sync {
+    /// See [`Pipeline::before_statement`].
+    fn before_statement(&self);
+}
+
+impl Lazy for Pipeline<'_> {
+    fn before_statement(&self) {
+        Pipeline::before_statement(self);
+    }
+}
+
+type Pending<'c> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'c>>;
+
+/// The requests and deferred sends of one batch transaction on `client`.
+pub(crate) struct Pipeline<'c> {
+    client: &'c Object,
+    state: Mutex<State<'c>>,
+}
+
+struct State<'c> {
+    /// Requests sent and not yet answered, oldest first.
+    in_flight: VecDeque<Pending<'c>>,
+    /// The first failure found without waiting (a request that failed at once, a send
+    /// whose table is unknown); it fails the batch.
+    failed: Option<Error>,
+    /// Sends of handlers that returned, not yet written.
+    sends: Vec<Outgoing>,
+    /// The prepared insert of each destination table written in this batch, by its SQL.
+    inserts: HashMap<String, Statement>,
+    /// A savepoint named `handler` is open in the transaction.
+    savepoint_open: bool,
+    /// The running handler has its own savepoint.
+    handler_savepoint: bool,
+}
+
+impl<'c> Pipeline<'c> {
+    /// A pipeline on `client`, inside a transaction whose BEGIN is already sent.
+    pub fn new(client: &'c Object) -> Self {
+        Pipeline {
+            client,
+            state: Mutex::new(State {
+                in_flight: VecDeque::new(),
+                failed: None,
+                sends: Vec::new(),
+                inserts: HashMap::new(),
+                savepoint_open: false,
+                handler_savepoint: false,
+            }),
+        }
+    }
+
+    /// The connection the batch runs on.
+    pub fn client(&self) -> &'c Object {
+        self.client
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State<'c>> {
+        self.state.lock().expect("pipeline lock poisoned")
+    }
+
+    /// Sends `future`'s requests now, without waiting: it is polled once, which puts its
+    /// requests on the connection, and kept until [`finish`](Pipeline::finish) collects
+    /// its answer. The future must send everything on that first poll.
+    fn launch(&self, future: impl Future<Output = Result<()>> + Send + 'c) {
+        let mut future: Pending<'c> = Box::pin(future);
+        // The waker of this first poll is never used: `finish` polls it again with its own.
+        let first = future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        let mut state = self.state();
+        match first {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(error)) => {
+                state.failed.get_or_insert(error);
+            }
+            Poll::Pending => state.in_flight.push_back(future),
+        }
+    }
+
+    /// Waits for every answer, in the order sent; the first failure is returned.
+    pub async fn finish(&self) -> Result<()> {
+        loop {
+            let next = {
+                let mut state = self.state();
+                if let Some(error) = state.failed.take() {
+                    return Err(error);
+                }
+                match state.in_flight.pop_front() {
+                    Some(next) => next,
+                    None => return Ok(()),
+                }
+            };
+            next.await?;
+        }
+    }
+
+    /// Marks the start of the next handler: it has no savepoint of its own yet.
+    pub fn start_handler(&self) {
+        self.state().handler_savepoint = false;
+    }
+
+    /// Whether the handler that just ran took a savepoint (touched the transaction).
+    pub fn handler_has_savepoint(&self) -> bool {
+        self.state().handler_savepoint
+    }
+
+    /// Keeps a returned handler's sends for the batch's next write. Their inserts are
+    /// prepared now (from the connection's cache after the first time), so that the
+    /// write itself can go out without waiting.
+    pub async fn defer(&self, outgoing: Vec<Outgoing>) -> Result<()> {
+        if outgoing.is_empty() {
+            return Ok(());
+        }
+        for write in plan_writes(&outgoing) {
+            if self.state().inserts.contains_key(write.sql()) {
+                continue;
+            }
+            let statement = self
+                .client
+                .prepare_cached(write.sql())
+                .await
+                .map_err(|source| send_error(&write.target.destination, source))?;
+            self.state()
+                .inserts
+                .insert(write.sql().to_owned(), statement);
+        }
+        self.state().sends.extend(outgoing);
+        Ok(())
+    }
+
+    /// Called before each statement a handler runs: the first time for a handler, the
+    /// sends so far are written (the handler may read them) and its savepoint is taken,
+    /// both sent without waiting, ahead of the handler's statement. Anything that fails
+    /// here fails the batch; the handler's statement then fails too.
+    pub fn before_statement(&self) {
+        let command = {
+            let mut state = self.state();
+            if state.handler_savepoint {
+                return;
+            }
+            state.handler_savepoint = true;
+            let open = std::mem::replace(&mut state.savepoint_open, true);
+            if open {
+                "RELEASE SAVEPOINT handler; SAVEPOINT handler"
+            } else {
+                "SAVEPOINT handler"
+            }
+        };
+        self.write_sends();
+        let client = self.client;
+        self.launch(async move {
+            client
+                .batch_execute(command)
+                .await
+                .map_err(Error::db("savepoint"))
+        });
+    }
+
+    /// Sends the deferred sends as one insert per table, without waiting.
+    fn write_sends(&self) {
+        let (sends, statements) = {
+            let mut state = self.state();
+            let sends = std::mem::take(&mut state.sends);
+            if sends.is_empty() {
+                return;
+            }
+            let statements: Option<Vec<Statement>> = plan_writes(&sends)
+                .iter()
+                .map(|write| state.inserts.get(write.sql()).cloned())
+                .collect();
+            let Some(statements) = statements else {
+                let error = Error::Config("internal: a deferred send was not prepared".into());
+                state.failed.get_or_insert(error);
+                return;
+            };
+            (sends, statements)
+        };
+        let client = self.client;
+        self.launch(async move {
+            let writes = plan_writes(&sends);
+            run_writes(client, &writes, &statements).await
+        });
+    }
+
+    /// Writes the deferred sends and commits, then checks every answer; with
+    /// `begin_next`, the next transaction's BEGIN goes out with the COMMIT. COMMIT of a
+    /// transaction that a failed statement aborted answers like a rollback, not an error,
+    /// so it is not sent once a failure is known, and when a handler touched the
+    /// transaction it goes behind a RELEASE, which does fail in an aborted transaction
+    /// (a handler that swallowed its statement's error).
+    pub async fn commit(&self, begin_next: bool) -> Result<()> {
+        self.write_sends();
+        let tail = {
+            let state = self.state();
+            match (state.failed.is_some(), state.savepoint_open, begin_next) {
+                (true, _, _) => None,
+                (false, true, true) => Some("RELEASE SAVEPOINT handler; COMMIT; BEGIN"),
+                (false, true, false) => Some("RELEASE SAVEPOINT handler; COMMIT"),
+                (false, false, true) => Some("COMMIT; BEGIN"),
+                (false, false, false) => Some("COMMIT"),
+            }
+        };
+        if let Some(tail) = tail {
+            let client = self.client;
+            self.launch(async move {
+                client
+                    .batch_execute(tail)
+                    .await
+                    .map_err(Error::db("commit"))
+            });
+        }
+        self.finish().await
+    }
+}

@@ -1,0 +1,208 @@
+//! The pipelined batch: sends deferred to one write per table, savepoints taken only by
+//! handlers that run statements, and what a later handler in the batch can see.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use message::{Message, MessageKind};
+use serde::{Deserialize, Serialize};
+use tests::{TestDb, wait_until};
+use transport_pg::{Context, Endpoint, Handler, HandlerError};
+use uuid::Uuid;
+
+use crate::fixtures::{create_records, install_only, start_recorder, warm_up};
+
+/// What [`Steps`] does with one message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Step {
+    /// Request a timeout for the saga, a minute away.
+    RequestTimeout(Uuid),
+    /// Cancel the saga's timeouts (a statement in the receive transaction).
+    CancelTimeouts(Uuid),
+    /// Send `n` on to `sink` without running any statement; fail the first attempt
+    /// after sending when `fail_first` is set.
+    Relay { n: u32, fail_first: bool },
+}
+
+impl Message for Step {
+    const NAME: &'static str = "test.Step";
+    const KIND: MessageKind = MessageKind::Command;
+}
+
+struct Steps {
+    calls: Arc<AtomicU32>,
+}
+
+impl Handler<Step> for Steps {
+    async fn handle(&self, step: Step, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match step {
+            Step::RequestTimeout(saga) => {
+                ctx.request_timeout(Duration::from_secs(60), &step, saga, "test.Saga")?;
+            }
+            Step::CancelTimeouts(saga) => {
+                ctx.cancel_timeouts(saga).await?;
+            }
+            Step::Relay { n, fail_first } => {
+                ctx.send_to("sink", &Step::Relay { n, fail_first })?;
+                if fail_first && ctx.failed_attempts() == 0 {
+                    return Err(HandlerError::msg("failing the first attempt on purpose"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts endpoint `steps` (batch size 10, one worker) past its careful start-up mode.
+async fn start_steps(db: &TestDb, calls: Arc<AtomicU32>) -> Endpoint {
+    create_records(db).await;
+    let database = db.database();
+    install_only(&database, "sink").await;
+    let endpoint = start_recorder(&database, "steps", Arc::new(AtomicU32::new(0)), |b| {
+        b.handler::<Step, _>(Steps { calls })
+            .batch_size(10)
+            .concurrency(1)
+    })
+    .await;
+    warm_up(db, "steps", 25).await;
+    endpoint
+}
+
+/// Sends `steps` to endpoint `steps` in one transaction, so that they arrive as one batch.
+async fn send_together(db: &TestDb, steps: &[Step]) {
+    let sender = transport_pg::Sender::builder(&db.database(), "test-client")
+        .route::<Step>("steps")
+        .expect("route")
+        .build()
+        .expect("sender");
+    let mut client = sender.pool().get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let mut outbox = sender.outbox();
+    for step in steps {
+        outbox.send(step).unwrap();
+    }
+    outbox.write(&tx).await.unwrap();
+    tx.commit().await.unwrap();
+    outbox.committed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_handler_in_a_batch_sees_the_timeouts_an_earlier_one_requested() {
+    let db = TestDb::new().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let endpoint = start_steps(&db, calls.clone()).await;
+    let (cancelled, kept) = (Uuid::new_v4(), Uuid::new_v4());
+
+    send_together(
+        &db,
+        &[
+            Step::RequestTimeout(cancelled),
+            Step::RequestTimeout(kept),
+            Step::CancelTimeouts(cancelled),
+        ],
+    )
+    .await;
+    let handled = wait_until(Duration::from_secs(30), || async {
+        calls.load(Ordering::SeqCst) >= 3
+            && db.count("SELECT count(*) FROM bus.steps_queue").await == 0
+    })
+    .await;
+    endpoint.shutdown(Duration::from_secs(5)).await;
+    assert!(handled, "the three steps were handled");
+
+    // The cancel ran after the first request in the same transaction; had that request's
+    // timeout not been written before the cancel's statement, it would have survived.
+    let left = db
+        .client()
+        .await
+        .query(
+            "SELECT saga_id FROM bus.steps_delayed WHERE saga_id IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let sagas: Vec<Uuid> = left.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        sagas,
+        vec![kept],
+        "only the uncancelled saga's timeout is left"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "each step handled once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_handler_that_ran_no_statement_leaves_no_send_and_the_rest_commit() {
+    let db = TestDb::new().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let endpoint = start_steps(&db, calls.clone()).await;
+
+    let steps: Vec<Step> = (0..10)
+        .map(|n| Step::Relay {
+            n,
+            fail_first: n == 3 || n == 9,
+        })
+        .collect();
+    send_together(&db, &steps).await;
+    let settled = wait_until(Duration::from_secs(30), || async {
+        db.count("SELECT count(*) FROM bus.sink_queue").await >= 10
+            && db.count("SELECT count(*) FROM bus.steps_queue").await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    endpoint.shutdown(Duration::from_secs(5)).await;
+    assert!(settled, "every relay reached the sink");
+
+    // One send per relay: the failed first attempts' sends were never written.
+    let sent = db.count("SELECT count(*) FROM bus.sink_queue").await;
+    assert_eq!(sent, 10, "one send per relay, none from a failed attempt");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        12,
+        "two relays were tried twice"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM bus.failed_messages").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_drains_its_queue_in_full_batches_holds_no_transaction_when_idle() {
+    let db = TestDb::new().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let endpoint = start_steps(&db, calls.clone()).await;
+
+    // Four full batches: each commit begins the next transaction, and the receive that
+    // finds the queue empty must end it before the worker waits.
+    let steps: Vec<Step> = (0..40)
+        .map(|n| Step::Relay {
+            n,
+            fail_first: false,
+        })
+        .collect();
+    send_together(&db, &steps).await;
+    let drained = wait_until(Duration::from_secs(30), || async {
+        db.count("SELECT count(*) FROM bus.sink_queue").await == 40
+            && db.count("SELECT count(*) FROM bus.steps_queue").await == 0
+    })
+    .await;
+    assert!(drained, "the forty relays were handled");
+
+    let settled = wait_until(Duration::from_secs(5), || async {
+        db.count(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .await
+            == 0
+    })
+    .await;
+    endpoint.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        settled,
+        "no connection of the idle endpoint was left inside a transaction"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 40);
+}
