@@ -98,7 +98,7 @@ pub struct Args {
     pub clients: Vec<usize>,
 
     /// Batch sizes (messages per transaction, 1 to 50).
-    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
     pub batches: Vec<usize>,
 
     /// Messages in each ring.
