@@ -104,6 +104,54 @@ async fn a_repeated_key_charges_once_and_answers_the_same() {
     assert_eq!(ledger(&db, "o-1").await.len(), 1);
 }
 
+/// Whether `key` was settled by the statement that recorded it: `now()` is the
+/// transaction's start, so the two stamps are equal exactly when one commit did both.
+async fn settled_when_recorded(db: &TestDb, key: &str) -> bool {
+    db.client()
+        .await
+        .query_one(
+            "SELECT settled_at = first_seen_at FROM gateway.ledger WHERE idempotency_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("read the key's stamps")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_that_needs_only_the_request_is_recorded_settled() {
+    let db = TestDb::new().await;
+    let gw = start(&db, &["--settle-ms", "300"]).await;
+
+    let charged = succeeded(
+        gw.client
+            .charge(&api::charge_key("o-f"), &charge("o-f", "tok_ok"))
+            .await,
+    );
+    assert!(charged.charge_id.is_some(), "{charged:?}");
+    assert!(settled_when_recorded(&db, &api::charge_key("o-f")).await);
+    let ship = ShipmentRequest {
+        order_id: "o-f".to_owned(),
+        customer_id: "c-1".to_owned(),
+    };
+    let booked = succeeded(
+        gw.client
+            .book_shipment(&api::shipment_key("o-f"), &ship)
+            .await,
+    );
+    assert!(booked.tracking_number.is_some(), "{booked:?}");
+    assert!(settled_when_recorded(&db, &api::shipment_key("o-f")).await);
+
+    // A slow charge still goes through flight and settles later, in its own commit.
+    let slow = succeeded(
+        gw.client
+            .charge(&api::charge_key("o-s"), &charge("o-s", "tok_slow"))
+            .await,
+    );
+    assert!(slow.charge_id.is_some(), "{slow:?}");
+    assert!(!settled_when_recorded(&db, &api::charge_key("o-s")).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_with_one_key_charge_once() {
     let db = TestDb::new().await;

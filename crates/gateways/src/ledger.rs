@@ -4,9 +4,12 @@
 //!
 //! Recording is one `INSERT ... ON CONFLICT DO UPDATE` in a transaction of its own, so of
 //! two concurrent requests with one key exactly one inserts the row (and goes on to take
-//! effect) while the other waits for that commit and then only counts itself. Settling
-//! runs in a transaction that holds an advisory lock on the order, so the decisions that
-//! read the order's other rows (a refund looks at the charge) see a stable picture.
+//! effect) while the other waits for that commit and then only counts itself. An outcome
+//! that needs nothing but the request (a charge that is not slow, a shipment) is written
+//! by that same insert, settled from the start: one commit per call, and nothing left in
+//! flight if the process dies. Settling later runs in a transaction that holds an
+//! advisory lock on the order, so the decisions that read the order's other rows (a
+//! refund looks at the charge) see a stable picture.
 
 use serde_json::Value;
 use transport_pg::deadpool_postgres::Pool;
@@ -23,6 +26,21 @@ const LEDGER_RECORD: &str = "\
 INSERT INTO gateway.ledger
     (idempotency_key, operation, order_id, amount_cents, currency, card_token, charge_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (idempotency_key) DO UPDATE
+SET requests_seen = gateway.ledger.requests_seen + 1,
+    last_seen_at = now()
+RETURNING xmax = 0 AS fresh,
+          operation, order_id, amount_cents, currency, card_token, charge_id,
+          state, http_status, result,
+          (extract(epoch FROM now() - first_seen_at) * 1000)::bigint AS age_ms";
+
+/// Records a request already settled: the same as [`LEDGER_RECORD`], but a fresh row is
+/// inserted with its outcome ($8 to $10). A repeat only counts itself, as there.
+const LEDGER_RECORD_SETTLED: &str = "\
+INSERT INTO gateway.ledger
+    (idempotency_key, operation, order_id, amount_cents, currency, card_token, charge_id,
+     state, http_status, result, settled_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
 ON CONFLICT (idempotency_key) DO UPDATE
 SET requests_seen = gateway.ledger.requests_seen + 1,
     last_seen_at = now()
@@ -163,7 +181,8 @@ impl State {
 /// What recording a request found.
 #[derive(Debug)]
 pub enum Recorded {
-    /// This request inserted the key and must see it settled.
+    /// This request inserted the key: with the outcome it was recorded with, if any, or
+    /// else in flight, to be settled.
     Fresh,
     /// The key was there already, for this same request.
     Repeat {
@@ -226,29 +245,46 @@ fn answer_from(
     }))
 }
 
-/// Records `request` under `key` in a transaction of its own (autocommit).
-pub async fn record(pool: &Pool, key: &str, request: &Request) -> Result<Recorded> {
+/// Records `request` under `key` in a transaction of its own (autocommit): in flight, or,
+/// given its `outcome`, settled with it.
+pub async fn record(
+    pool: &Pool,
+    key: &str,
+    request: &Request,
+    outcome: Option<&(State, Answer)>,
+) -> Result<Recorded> {
     let client = pool.get().await?;
+    let columns: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &key,
+        &request.operation.as_str(),
+        &request.order_id,
+        &request.amount_cents,
+        &request.currency,
+        &request.card_token,
+        &request.charge_id,
+    ];
     // Prepared once per connection: the ledger runs on every call the endpoints make.
-    let record = client
-        .prepare_cached(LEDGER_RECORD)
-        .await
-        .map_err(Error::db("prepare record"))?;
-    let row = client
-        .query_one(
-            &record,
-            &[
-                &key,
-                &request.operation.as_str(),
-                &request.order_id,
-                &request.amount_cents,
-                &request.currency,
-                &request.card_token,
-                &request.charge_id,
-            ],
-        )
-        .await
-        .map_err(Error::db("record request"))?;
+    let row = match outcome {
+        None => {
+            let record = client
+                .prepare_cached(LEDGER_RECORD)
+                .await
+                .map_err(Error::db("prepare record"))?;
+            client.query_one(&record, &columns).await
+        }
+        Some((state, answer)) => {
+            let result = encode_reply(&answer.reply)?;
+            let (state, status) = (state.as_str(), i32::from(answer.http_status));
+            let mut params = columns.to_vec();
+            params.extend_from_slice(&[&state, &status, &result]);
+            let record = client
+                .prepare_cached(LEDGER_RECORD_SETTLED)
+                .await
+                .map_err(Error::db("prepare record settled"))?;
+            client.query_one(&record, &params).await
+        }
+    }
+    .map_err(Error::db("record request"))?;
 
     if row.get::<_, bool>("fresh") {
         return Ok(Recorded::Fresh);
@@ -304,9 +340,7 @@ where
     let Some((state, answer)) = decide(&tx).await? else {
         return Ok(None);
     };
-    let result = serde_json::to_value(&answer.reply).map_err(|e| Error::Corrupt {
-        reason: format!("answer does not encode: {e}"),
-    })?;
+    let result = encode_reply(&answer.reply)?;
     let settle = tx
         .prepare_cached(LEDGER_SETTLE)
         .await
@@ -334,6 +368,12 @@ where
     };
     tx.commit().await.map_err(Error::db("settle: commit"))?;
     Ok(answer)
+}
+
+fn encode_reply(reply: &Reply) -> Result<Value> {
+    serde_json::to_value(reply).map_err(|e| Error::Corrupt {
+        reason: format!("answer does not encode: {e}"),
+    })
 }
 
 /// What the order's charges allow a refund under `key` to do.

@@ -1,11 +1,14 @@
 //! The HTTP server: routes, request checks, fault injection, and the settle tasks.
 //!
-//! A request's key is recorded first (`ledger::record`). The request that inserted it
-//! spawns a settle task and waits for it; the task, not the HTTP handler, decides the
-//! outcome and writes it, so a caller that hangs up (a dropped handler) cannot leave a
-//! key in flight for ever: a slow charge settles after [`Config::settle`] whoever is
-//! still listening, and the caller's retry with the same key finds the answer. A repeat
-//! of the key gets the stored answer, or `409 pending` while the first is in flight.
+//! A request's key is recorded first (`ledger::record`). When its outcome needs nothing
+//! but the request (a charge that is not slow, a shipment), it is decided up front and
+//! recorded with the key, settled in that one commit. Otherwise (a refund, which reads
+//! the order's charges, or a slow charge) the request that inserted the key spawns a
+//! settle task and waits for it; the task, not the HTTP handler, decides the outcome and
+//! writes it, so a caller that hangs up (a dropped handler) cannot leave a key in flight
+//! for ever: a slow charge settles after [`Config::settle`] whoever is still listening,
+//! and the caller's retry with the same key finds the answer. A repeat of the key gets
+//! the stored answer, or `409 pending` while the first is in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,12 +165,18 @@ impl App {
             Ok(parsed) => parsed,
             Err(reason) => return reply(StatusCode::BAD_REQUEST, Reply::error(reason)),
         };
-        let recorded = match ledger::record(&self.pool, &key, &request).await {
+        let immediate = immediate_outcome(&request);
+        let recorded = match ledger::record(&self.pool, &key, &request, immediate.as_ref()).await {
             Ok(recorded) => recorded,
             Err(e) => return internal(&key, &e),
         };
 
         match recorded {
+            Recorded::Fresh if let Some((_, answer)) = immediate => {
+                debug!(key = %key, operation = operation.as_str(),
+                    order_id = %request.order_id, status = answer.http_status, "new key, settled");
+                answered(answer)
+            }
             Recorded::Fresh => {
                 debug!(key = %key, operation = operation.as_str(),
                     order_id = %request.order_id, "new key");
@@ -213,6 +222,38 @@ fn is_slow_charge(request: &Request) -> bool {
     request.operation == Operation::Charge && request.card_token.as_deref() == Some(card::SLOW)
 }
 
+/// The outcome of a request that needs nothing but the request itself, to be recorded
+/// with its key: a charge that is not slow, and a shipment. `None` for the rest.
+fn immediate_outcome(request: &Request) -> Option<(State, Answer)> {
+    match request.operation {
+        Operation::Charge if !is_slow_charge(request) => Some(charge_outcome(request)),
+        Operation::Shipment => Some(shipment_outcome(request)),
+        Operation::Charge | Operation::Refund => None,
+    }
+}
+
+fn charge_outcome(request: &Request) -> (State, Answer) {
+    let order_id = Some(request.order_id.clone());
+    match request.card_token.as_deref() {
+        Some(card::APPROVE) | Some(card::SLOW) => succeeded(Reply {
+            order_id,
+            charge_id: Some(reference("ch")),
+            amount_cents: request.amount_cents,
+            ..Reply::new(ReplyStatus::Succeeded)
+        }),
+        Some(card::DECLINE) => declined(order_id, "card declined"),
+        _ => declined(order_id, "unknown card token"),
+    }
+}
+
+fn shipment_outcome(request: &Request) -> (State, Answer) {
+    succeeded(Reply {
+        order_id: Some(request.order_id.clone()),
+        tracking_number: Some(reference("trk")),
+        ..Reply::new(ReplyStatus::Succeeded)
+    })
+}
+
 /// The outcome for a key, read and decided inside the settle transaction; `None` to try
 /// again later. `waited_long`: a refund stops waiting for a charge still in flight.
 async fn decide(
@@ -223,16 +264,7 @@ async fn decide(
 ) -> Result<Option<(State, Answer)>> {
     let order_id = Some(request.order_id.clone());
     let decided = match request.operation {
-        Operation::Charge => match request.card_token.as_deref() {
-            Some(card::APPROVE) | Some(card::SLOW) => succeeded(Reply {
-                order_id,
-                charge_id: Some(reference("ch")),
-                amount_cents: request.amount_cents,
-                ..Reply::new(ReplyStatus::Succeeded)
-            }),
-            Some(card::DECLINE) => declined(order_id, "card declined"),
-            _ => declined(order_id, "unknown card token"),
-        },
+        Operation::Charge => charge_outcome(request),
         Operation::Refund => {
             let basis = ledger::refund_basis(tx, key, &request.order_id).await?;
             let amount = request.amount_cents.unwrap_or(0);
@@ -257,11 +289,7 @@ async fn decide(
                 })
             }
         }
-        Operation::Shipment => succeeded(Reply {
-            order_id,
-            tracking_number: Some(reference("trk")),
-            ..Reply::new(ReplyStatus::Succeeded)
-        }),
+        Operation::Shipment => shipment_outcome(request),
     };
     Ok(Some(decided))
 }
