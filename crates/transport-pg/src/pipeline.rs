@@ -16,7 +16,7 @@
 //! This module owns none of BEGIN, the receive or the retake; only what happens between
 //! the receive and the commit of a pipelined batch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -26,7 +26,7 @@ use deadpool_postgres::Object;
 use tokio_postgres::Statement;
 
 use crate::error::{Error, Result};
-use crate::send::{Outgoing, plan_writes, run_writes, send_error};
+use crate::send::{Outgoing, Written, insert_sql, plan_writes, run_writes, send_error};
 
 /// What a handler's [`Tx`](crate::Tx) calls before each statement; a trait, so that the
 /// `Tx` does not carry the pipeline's own lifetime.
@@ -57,8 +57,9 @@ struct State<'c> {
     failed: Option<Error>,
     /// Sends of handlers that returned, not yet written.
     sends: Vec<Outgoing>,
-    /// The prepared insert of each destination table written in this batch, by its SQL.
-    inserts: HashMap<String, Statement>,
+    /// The prepared insert of each table written in this batch; a batch writes to few,
+    /// so a list is searched faster than a map's key is built.
+    inserts: Vec<(Written, Statement)>,
     /// A savepoint named `handler` is open in the transaction.
     savepoint_open: bool,
     /// The running handler has its own savepoint.
@@ -74,7 +75,7 @@ impl<'c> Pipeline<'c> {
                 in_flight: VecDeque::new(),
                 failed: None,
                 sends: Vec::new(),
-                inserts: HashMap::new(),
+                inserts: Vec::new(),
                 savepoint_open: false,
                 handler_savepoint: false,
             }),
@@ -143,18 +144,22 @@ impl<'c> Pipeline<'c> {
         if outgoing.is_empty() {
             return Ok(());
         }
-        for write in plan_writes(&outgoing) {
-            if self.state().inserts.contains_key(write.sql()) {
+        for message in &outgoing {
+            let known = self
+                .state()
+                .inserts
+                .iter()
+                .any(|(target, _)| target.is(message));
+            if known {
                 continue;
             }
+            let target = Written::of(message);
             let statement = self
                 .client
-                .prepare_cached(write.sql())
+                .prepare_cached(&insert_sql(&target))
                 .await
-                .map_err(|source| send_error(&write.target.destination, source))?;
-            self.state()
-                .inserts
-                .insert(write.sql().to_owned(), statement);
+                .map_err(|source| send_error(&target.destination, source))?;
+            self.state().inserts.push((target, statement));
         }
         self.state().sends.extend(outgoing);
         Ok(())
@@ -190,26 +195,27 @@ impl<'c> Pipeline<'c> {
 
     /// Sends the deferred sends as one insert per table, without waiting.
     fn write_sends(&self) {
-        let (sends, statements) = {
+        let (sends, inserts) = {
             let mut state = self.state();
             let sends = std::mem::take(&mut state.sends);
             if sends.is_empty() {
                 return;
             }
-            let statements: Option<Vec<Statement>> = plan_writes(&sends)
-                .iter()
-                .map(|write| state.inserts.get(write.sql()).cloned())
-                .collect();
-            let Some(statements) = statements else {
-                let error = Error::Config("internal: a deferred send was not prepared".into());
-                state.failed.get_or_insert(error);
-                return;
-            };
-            (sends, statements)
+            (sends, state.inserts.clone())
         };
         let client = self.client;
         self.launch(async move {
             let writes = plan_writes(&sends);
+            let statements: Option<Vec<Statement>> = writes
+                .iter()
+                .map(|write| {
+                    let found = inserts.iter().find(|(target, _)| *target == write.target);
+                    found.map(|(_, statement)| statement.clone())
+                })
+                .collect();
+            let statements = statements.ok_or_else(|| {
+                Error::Config("internal: a deferred send was not prepared".into())
+            })?;
             run_writes(client, &writes, &statements).await
         });
     }

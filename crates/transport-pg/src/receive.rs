@@ -533,7 +533,11 @@ impl Pump {
                 .await
             {
                 Ok(outgoing) => {
-                    written.extend(outgoing.iter().map(Written::of));
+                    for message in &outgoing {
+                        if !written.iter().any(|target: &Written| target.is(message)) {
+                            written.push(Written::of(message));
+                        }
+                    }
                     pipeline.defer(outgoing).await?;
                     self.succeeded(&received, &message_type);
                 }

@@ -201,20 +201,12 @@ pub(crate) struct Written {
 /// One statement of a write: every message for one table, as column arrays.
 pub(crate) struct TableWrite<'a> {
     pub target: Written,
-    sql: String,
     ids: Vec<Uuid>,
     headers: Vec<&'a Headers>,
     bodies: Vec<&'a [u8]>,
     due_at: Vec<Option<SystemTime>>,
     delay_ms: Vec<i64>,
     saga_ids: Vec<Option<Uuid>>,
-}
-
-impl TableWrite<'_> {
-    /// The insert statement's text.
-    pub(crate) fn sql(&self) -> &str {
-        &self.sql
-    }
 }
 
 impl Written {
@@ -225,31 +217,34 @@ impl Written {
             delayed: outgoing.delivery != Delivery::Now,
         }
     }
+
+    /// Whether `outgoing` goes to this table (without building its [`Written`]).
+    pub(crate) fn is(&self, outgoing: &Outgoing) -> bool {
+        self.delayed == (outgoing.delivery != Delivery::Now)
+            && self.destination == outgoing.destination
+    }
+}
+
+/// The insert statement of `target`'s table.
+pub(crate) fn insert_sql(target: &Written) -> String {
+    let tables = target.destination.tables();
+    if target.delayed {
+        sql::delayed::insert(&tables.delayed)
+    } else {
+        sql::queue::insert(&tables.queue)
+    }
 }
 
 /// Groups `messages` by table, in first-seen order, one statement per table.
 pub(crate) fn plan_writes(messages: &[Outgoing]) -> Vec<TableWrite<'_>> {
     let mut writes: Vec<TableWrite<'_>> = Vec::new();
     for message in messages {
-        let delayed = message.delivery != Delivery::Now;
-        let position = writes.iter().position(|w| {
-            w.target.delayed == delayed && w.target.destination == message.destination
-        });
+        let position = writes.iter().position(|w| w.target.is(message));
         let write = match position {
             Some(i) => &mut writes[i],
             None => {
-                let tables = message.destination.tables();
-                let sql = if delayed {
-                    sql::delayed::insert(&tables.delayed)
-                } else {
-                    sql::queue::insert(&tables.queue)
-                };
                 writes.push(TableWrite {
-                    target: Written {
-                        destination: message.destination.clone(),
-                        delayed,
-                    },
-                    sql,
+                    target: Written::of(message),
                     ids: Vec::new(),
                     headers: Vec::new(),
                     bodies: Vec::new(),
@@ -290,7 +285,7 @@ pub(crate) async fn prepare_writes(
     let mut statements = Vec::with_capacity(writes.len());
     for write in writes {
         let statement = exec
-            .prepare_statement(&write.sql)
+            .prepare_statement(&insert_sql(&write.target))
             .await
             .map_err(|source| send_error(&write.target.destination, source))?;
         statements.push(statement);
