@@ -59,6 +59,8 @@ pub enum FlowSection {
 /// What the flow measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Flow {
+    /// The endpoints' batch size.
+    pub batch: usize,
     /// Orders in the throughput run (all approved, none slow).
     pub orders: usize,
     /// Seconds from the first order stored by Sales to the last marked shipped.
@@ -103,7 +105,7 @@ impl Flow {
             .unwrap_or_else(|| "-".into());
         row(
             out,
-            "order flow (backlog)",
+            &format!("order flow (backlog, b{})", self.batch),
             &[
                 &format!("{:.0} orders/s", self.orders_per_s),
                 &format!("{:.0} hops/s", self.hops_per_s),
@@ -151,6 +153,8 @@ pub struct FlowPlan {
     pub orders: usize,
     /// Seconds of the latency run.
     pub latency_seconds: u64,
+    /// The endpoints' batch size.
+    pub batch: usize,
 }
 
 /// The processes of the flow, stopped together.
@@ -225,7 +229,8 @@ async fn drive(
 ) -> Result<Flow> {
     let url = server.url(db);
     for name in ENDPOINTS {
-        let endpoint = start_endpoint(bin_dir, work_dir, name, &url, gateway_url, 0).await?;
+        let endpoint = start_endpoint(bin_dir, work_dir, name, &url, gateway_url, plan.batch, 0)
+            .await?;
         processes.endpoints.push((name.to_owned(), endpoint));
     }
     let client = server.connect(db).await?;
@@ -245,7 +250,8 @@ async fn drive(
     let orders = per_placer * PLACERS;
     let before = hop_counts(server, db).await?;
     let commits_before = commits(&client, db).await?;
-    let sales = start_endpoint(bin_dir, work_dir, "sales", &url, gateway_url, 1).await?;
+    let sales = start_endpoint(bin_dir, work_dir, "sales", &url, gateway_url, plan.batch, 1)
+        .await?;
     processes.endpoints.insert(0, ("sales".to_owned(), sales));
     wait_shipped(&client, "bench-flow-%", orders, processes).await?;
     let after = hop_counts(server, db).await?;
@@ -275,6 +281,7 @@ async fn drive(
 
     let (verified, verify) = verify(bin_dir, work_dir, &url).await?;
     Ok(Flow {
+        batch: plan.batch,
         orders,
         seconds,
         orders_per_s,
@@ -554,9 +561,15 @@ async fn start_endpoint(
     name: &str,
     url: &str,
     gateway_url: &str,
+    batch: usize,
     generation: usize,
 ) -> Result<Running> {
-    let mut args: Vec<String> = vec!["--database-url".into(), url.into()];
+    let mut args: Vec<String> = vec![
+        "--database-url".into(),
+        url.into(),
+        "--batch-size".into(),
+        batch.to_string(),
+    ];
     if name != "sales" {
         args.push("--gateway-url".into());
         args.push(gateway_url.into());
