@@ -229,8 +229,8 @@ async fn drive(
 ) -> Result<Flow> {
     let url = server.url(db);
     for name in ENDPOINTS {
-        let endpoint = start_endpoint(bin_dir, work_dir, name, &url, gateway_url, plan.batch, 0)
-            .await?;
+        let endpoint =
+            start_endpoint(bin_dir, work_dir, name, &url, gateway_url, plan.batch, 0).await?;
         processes.endpoints.push((name.to_owned(), endpoint));
     }
     let client = server.connect(db).await?;
@@ -250,8 +250,8 @@ async fn drive(
     let orders = per_placer * PLACERS;
     let before = hop_counts(server, db).await?;
     let commits_before = commits(&client, db).await?;
-    let sales = start_endpoint(bin_dir, work_dir, "sales", &url, gateway_url, plan.batch, 1)
-        .await?;
+    let sales =
+        start_endpoint(bin_dir, work_dir, "sales", &url, gateway_url, plan.batch, 1).await?;
     processes.endpoints.insert(0, ("sales".to_owned(), sales));
     wait_shipped(&client, "bench-flow-%", orders, processes).await?;
     let after = hop_counts(server, db).await?;

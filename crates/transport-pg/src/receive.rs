@@ -244,6 +244,14 @@ impl From<Error> for PipelineError {
     }
 }
 
+/// Ends the transaction a worker holds begun, if any, returning its connection.
+async fn release(held: &mut Option<OpenTx>) {
+    if let Some(tx) = held.take() {
+        // On failure the connection is discarded, which also ends the transaction.
+        let _ = tx.rollback().await;
+    }
+}
+
 impl Pump {
     /// Wakes one idle worker for each wake-up of the queue, until the listener stops
     /// (then the workers poll) or `stop` turns true.
@@ -264,17 +272,7 @@ impl Pump {
             }
         }
     }
-}
 
-/// Ends the transaction a worker holds begun, if any, returning its connection.
-async fn release(held: &mut Option<OpenTx>) {
-    if let Some(tx) = held.take() {
-        // On failure the connection is discarded, which also ends the transaction.
-        let _ = tx.rollback().await;
-    }
-}
-
-impl Pump {
     /// Runs one worker until `stop` turns true; an in-flight batch is finished first.
     pub async fn run_worker(self: Arc<Self>, worker: usize, mut stop: watch::Receiver<bool>) {
         let min_idle = Duration::from_millis(1);
