@@ -1,5 +1,6 @@
 //! The pipelined batch: sends deferred to one write per table, savepoints taken only by
-//! handlers that run statements, and what a later handler in the batch can see.
+//! handlers that run statements, what a later handler in the batch can see, and the
+//! chain of transactions a busy worker runs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,6 +24,8 @@ enum Step {
     /// Send `n` on to `sink` without running any statement; fail the first attempt
     /// after sending when `fail_first` is set.
     Relay { n: u32, fail_first: bool },
+    /// Send itself back to `steps`, so the queue never empties.
+    Circle,
 }
 
 impl Message for Step {
@@ -49,6 +52,9 @@ impl Handler<Step> for Steps {
                 if fail_first && ctx.failed_attempts() == 0 {
                     return Err(HandlerError::msg("failing the first attempt on purpose"));
                 }
+            }
+            Step::Circle => {
+                ctx.send_to("steps", &Step::Circle)?;
             }
         }
         Ok(())
@@ -205,4 +211,43 @@ async fn a_worker_that_drains_its_queue_in_full_batches_holds_no_transaction_whe
         "no connection of the idle endpoint was left inside a transaction"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 40);
+}
+
+/// Rows deleted from `bus.steps_queue` as the server's statistics report them.
+async fn reported_deletes(db: &TestDb) -> i64 {
+    db.count(
+        "SELECT coalesce(sum(n_tup_del), 0)::bigint FROM pg_stat_user_tables \
+         WHERE schemaname = 'bus' AND relname = 'steps_queue'",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_is_never_idle_still_lets_the_server_report_its_deletes() {
+    // Autovacuum goes by these statistics, and a backend reports them only between
+    // transactions: a busy worker whose every COMMIT carried the next BEGIN never was.
+    let db = TestDb::new().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let endpoint = start_steps(&db, calls.clone()).await;
+    let before = reported_deletes(&db).await;
+
+    // Thirty messages going round: every batch of ten is full, so every commit may chain.
+    send_together(&db, &vec![Step::Circle; 30]).await;
+    let circling = wait_until(Duration::from_secs(30), || async {
+        calls.load(Ordering::SeqCst) >= 3000
+    })
+    .await;
+    assert!(circling, "the circle ran 3,000 messages");
+    let reported = wait_until(Duration::from_secs(10), || async {
+        reported_deletes(&db).await - before >= 2000
+    })
+    .await;
+    let deletes = reported_deletes(&db).await - before;
+    let handled = calls.load(Ordering::SeqCst);
+    endpoint.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        reported,
+        "the server reported {deletes} deletes from the queue while the worker was busy \
+         and had handled {handled}"
+    );
 }

@@ -72,6 +72,14 @@ impl Default for PumpConfig {
 /// can commit after a higher one, or come back after a rollback.
 const POSITION_RESET_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a connection's transactions may follow one another, each begun by the last
+/// one's COMMIT, before one commit goes without the next BEGIN. PostgreSQL reports a
+/// backend's table statistics (the deleted rows that autovacuum waits for) only while it
+/// is idle outside a transaction, at most once a second; a worker that always chained
+/// would keep them unreported as long as its queue stays busy, and the queue table would
+/// never be vacuumed. Half a second makes the report at most about a second late.
+const CHAIN_LIMIT: Duration = Duration::from_millis(500);
+
 /// Everything the workers of one endpoint share; read-only once built.
 pub(crate) struct Pump {
     pub endpoint: EndpointName,
@@ -159,6 +167,8 @@ struct BatchOutcome {
 /// to another worker.
 struct OpenTx {
     client: Option<Object>,
+    /// When this connection's chain of transactions began (see [`CHAIN_LIMIT`]).
+    chained_since: Option<Instant>,
 }
 
 impl OpenTx {
@@ -166,7 +176,14 @@ impl OpenTx {
     fn new(client: Object) -> OpenTx {
         OpenTx {
             client: Some(client),
+            chained_since: None,
         }
+    }
+
+    /// Whether this transaction's COMMIT may carry the next BEGIN.
+    fn may_chain(&self) -> bool {
+        self.chained_since
+            .is_none_or(|since| since.elapsed() < CHAIN_LIMIT)
     }
 
     async fn begin(client: Object) -> Result<OpenTx> {
@@ -385,7 +402,8 @@ impl Pump {
     /// leaves the connection in `chain` for the next receive: one statement fewer per
     /// batch, and PostgreSQL flushes its socket once per statement, so one write fewer on
     /// each side. Only a full batch chains; after a short one the worker may go idle, and
-    /// an idle worker holds no transaction.
+    /// an idle worker holds no transaction. A chain ends after [`CHAIN_LIMIT`], so the
+    /// server can report the table statistics autovacuum needs.
     async fn receive_up_to(
         &self,
         position: i64,
@@ -432,12 +450,16 @@ impl Pump {
         let taken = batch.len();
         let last_seq = batch.iter().map(|(r, _)| r.seq).max().unwrap_or(position);
         let seqs: Vec<i64> = batch.iter().map(|(r, _)| r.seq).collect();
-        let chain = chain.filter(|_| taken == batch_size);
+        let chain = chain.filter(|_| taken == batch_size && tx.may_chain());
 
         match self.run_pipelined(&tx, batch, chain.is_some()).await {
             Ok(written) => {
                 match chain {
-                    Some(held) => *held = Some(tx),
+                    Some(held) => {
+                        let mut tx = tx;
+                        tx.chained_since.get_or_insert_with(Instant::now);
+                        *held = Some(tx);
+                    }
                     None => tx.finished(),
                 }
                 self.wake(written);
