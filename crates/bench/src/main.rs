@@ -121,9 +121,8 @@ pub struct Args {
     #[arg(long)]
     pub flow_orders: Option<usize>,
 
-    /// Messages per transaction for the order flow's three endpoints, 1 to 50 (default 1,
-    /// the endpoints' own default, which DESIGN.md keeps for endpoints that call a
-    /// provider).
+    /// Messages per transaction for the order flow's three endpoints, 1 to 50; 1 is the
+    /// endpoints' own default, which DESIGN.md keeps for endpoints that call a provider.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
     pub flow_batch: u16,
 
