@@ -110,31 +110,47 @@ impl Process {
     }
 
     /// Waits for the process to exit; returns its exit code (None if killed by a signal).
+    /// The output it printed before exiting is then in [`log`](Process::log): the reading
+    /// of its pipes is waited for too, for up to five seconds (longer only if a child of
+    /// the process keeps them open).
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
+        let code = match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => status.expect("wait for child").code(),
             Err(_) => panic!(
                 "{} did not exit within {timeout:?}; log:\n{}",
                 self.name,
                 self.log()
             ),
-        }
+        };
+        self.finish_reading(Duration::from_secs(5)).await;
+        code
     }
 
-    /// Waits for the process to exit and for its last output to be read, so that
-    /// [`log`](Process::log) then holds everything it printed; returns its exit code.
-    /// For short-lived commands whose output the test inspects.
+    /// Waits for the process to exit and for its last output to be read, failing the
+    /// test if the output does not end within `timeout`; returns its exit code. For
+    /// short-lived commands whose output the test inspects.
     pub async fn wait_output(&mut self, timeout: Duration) -> Option<i32> {
         let code = self.wait_exit(timeout).await;
-        for reader in self.readers.drain(..) {
-            if tokio::time::timeout(timeout, reader).await.is_err() {
-                panic!(
-                    "{} exited but its output did not end within {timeout:?}",
-                    self.name
-                );
-            }
+        if !self.finish_reading(timeout).await {
+            panic!(
+                "{} exited but its output did not end within {timeout:?}",
+                self.name
+            );
         }
         code
+    }
+
+    /// Waits up to `limit` for the pipe readers to reach the end of their streams;
+    /// returns whether they all did. A reader still running is kept for a later call.
+    async fn finish_reading(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while let Some(reader) = self.readers.last_mut() {
+            if tokio::time::timeout_at(deadline, reader).await.is_err() {
+                return false;
+            }
+            self.readers.pop();
+        }
+        true
     }
 }
 
