@@ -18,29 +18,16 @@ use transport_pg::tokio_postgres;
 use crate::api::Reply;
 use crate::error::{Error, Result};
 
-/// Records a request: inserts its key as `in_flight`, or counts one more request for a
-/// key already there. `fresh` is true only for the request that inserted the row. xmax
-/// is 0 exactly on a row version this statement inserted; the conflict path updates the
-/// row, which sets it.
+/// Records a request: inserts its key, in flight or (given $8 to $10) already settled
+/// with its outcome, or counts one more request for a key already there. `fresh` is true
+/// only for the request that inserted the row. xmax is 0 exactly on a row version this
+/// statement inserted; the conflict path updates the row, which sets it.
 const LEDGER_RECORD: &str = "\
-INSERT INTO gateway.ledger
-    (idempotency_key, operation, order_id, amount_cents, currency, card_token, charge_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (idempotency_key) DO UPDATE
-SET requests_seen = gateway.ledger.requests_seen + 1,
-    last_seen_at = now()
-RETURNING xmax = 0 AS fresh,
-          operation, order_id, amount_cents, currency, card_token, charge_id,
-          state, http_status, result,
-          (extract(epoch FROM now() - first_seen_at) * 1000)::bigint AS age_ms";
-
-/// Records a request already settled: the same as [`LEDGER_RECORD`], but a fresh row is
-/// inserted with its outcome ($8 to $10). A repeat only counts itself, as there.
-const LEDGER_RECORD_SETTLED: &str = "\
 INSERT INTO gateway.ledger
     (idempotency_key, operation, order_id, amount_cents, currency, card_token, charge_id,
      state, http_status, result, settled_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, 'in_flight'), $9, $10,
+        CASE WHEN $8::text IS NULL THEN NULL ELSE now() END)
 ON CONFLICT (idempotency_key) DO UPDATE
 SET requests_seen = gateway.ledger.requests_seen + 1,
     last_seen_at = now()
@@ -254,37 +241,37 @@ pub async fn record(
     outcome: Option<&(State, Answer)>,
 ) -> Result<Recorded> {
     let client = pool.get().await?;
-    let columns: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-        &key,
-        &request.operation.as_str(),
-        &request.order_id,
-        &request.amount_cents,
-        &request.currency,
-        &request.card_token,
-        &request.charge_id,
-    ];
+    let (state, status, result) = match outcome {
+        Some((state, answer)) => (
+            Some(state.as_str()),
+            Some(i32::from(answer.http_status)),
+            Some(encode_reply(&answer.reply)?),
+        ),
+        None => (None, None, None),
+    };
     // Prepared once per connection: the ledger runs on every call the endpoints make.
-    let row = match outcome {
-        None => {
-            let record = client
-                .prepare_cached(LEDGER_RECORD)
-                .await
-                .map_err(Error::db("prepare record"))?;
-            client.query_one(&record, &columns).await
-        }
-        Some((state, answer)) => {
-            let result = encode_reply(&answer.reply)?;
-            let (state, status) = (state.as_str(), i32::from(answer.http_status));
-            let mut params = columns.to_vec();
-            params.extend_from_slice(&[&state, &status, &result]);
-            let record = client
-                .prepare_cached(LEDGER_RECORD_SETTLED)
-                .await
-                .map_err(Error::db("prepare record settled"))?;
-            client.query_one(&record, &params).await
-        }
-    }
-    .map_err(Error::db("record request"))?;
+    let record = client
+        .prepare_cached(LEDGER_RECORD)
+        .await
+        .map_err(Error::db("prepare record"))?;
+    let row = client
+        .query_one(
+            &record,
+            &[
+                &key,
+                &request.operation.as_str(),
+                &request.order_id,
+                &request.amount_cents,
+                &request.currency,
+                &request.card_token,
+                &request.charge_id,
+                &state,
+                &status,
+                &result,
+            ],
+        )
+        .await
+        .map_err(Error::db("record request"))?;
 
     if row.get::<_, bool>("fresh") {
         return Ok(Recorded::Fresh);
