@@ -53,6 +53,13 @@ fn charge(order_id: &str, token: &str) -> ChargeRequest {
     }
 }
 
+fn shipment(order_id: &str) -> ShipmentRequest {
+    ShipmentRequest {
+        order_id: order_id.to_owned(),
+        customer_id: "c-1".to_owned(),
+    }
+}
+
 /// The ledger's rows for `order_id`: (operation, state, requests_seen).
 async fn ledger(db: &TestDb, order_id: &str) -> Vec<(String, String, i32)> {
     db.client()
@@ -130,10 +137,7 @@ async fn an_outcome_that_needs_only_the_request_is_recorded_settled() {
     );
     assert!(charged.charge_id.is_some(), "{charged:?}");
     assert!(settled_when_recorded(&db, &api::charge_key("o-f")).await);
-    let ship = ShipmentRequest {
-        order_id: "o-f".to_owned(),
-        customer_id: "c-1".to_owned(),
-    };
+    let ship = shipment("o-f");
     let booked = succeeded(
         gw.client
             .book_shipment(&api::shipment_key("o-f"), &ship)
@@ -313,10 +317,7 @@ async fn refunds_and_shipments_are_idempotent_and_bounded_by_the_charge() {
         other => panic!("a second refund of the whole charge must be declined: {other:?}"),
     }
 
-    let ship = ShipmentRequest {
-        order_id: "o-r".to_owned(),
-        customer_id: "c-1".to_owned(),
-    };
+    let ship = shipment("o-r");
     let booked = succeeded(
         gw.client
             .book_shipment(&api::shipment_key("o-r"), &ship)

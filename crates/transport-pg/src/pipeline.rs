@@ -184,13 +184,13 @@ impl<'c> Pipeline<'c> {
             }
         };
         self.write_sends();
+        self.launch_simple(command, "savepoint");
+    }
+
+    /// Sends `sql` as a simple query, without waiting; `op` names it in an error.
+    fn launch_simple(&self, sql: &'static str, op: &'static str) {
         let client = self.client;
-        self.launch(async move {
-            client
-                .batch_execute(command)
-                .await
-                .map_err(Error::db("savepoint"))
-        });
+        self.launch(async move { client.batch_execute(sql).await.map_err(Error::db(op)) });
     }
 
     /// Sends the deferred sends as one insert per table, without waiting.
@@ -239,13 +239,7 @@ impl<'c> Pipeline<'c> {
             }
         };
         if let Some(tail) = tail {
-            let client = self.client;
-            self.launch(async move {
-                client
-                    .batch_execute(tail)
-                    .await
-                    .map_err(Error::db("commit"))
-            });
+            self.launch_simple(tail, "commit");
         }
         self.finish().await
     }
