@@ -5,7 +5,7 @@
 //! when the `content_type` header says `application/json` (handy for rows written by
 //! hand). The only header a row must have is `message_type`.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
@@ -80,9 +80,71 @@ pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
 /// JSON, accepted on receive for rows written by hand.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
+/// A header name or value: borrowed when it is one of the transport's own fixed strings
+/// (every header name above, the content types, the intents), owned otherwise. Every
+/// message carries about ten headers and most of their names and several of their values
+/// are these, so reading and building an envelope allocates for the rest only.
+type Text = Cow<'static, str>;
+
+/// The fixed string equal to `s`, if there is one: every header name above, the content
+/// types, the intents, and the counters' first values.
+fn fixed(s: &str) -> Option<&'static str> {
+    Some(match s {
+        header::MESSAGE_ID => header::MESSAGE_ID,
+        header::MESSAGE_TYPE => header::MESSAGE_TYPE,
+        header::INTENT => header::INTENT,
+        header::CONTENT_TYPE => header::CONTENT_TYPE,
+        header::CONVERSATION_ID => header::CONVERSATION_ID,
+        header::RELATED_TO => header::RELATED_TO,
+        header::CORRELATION_ID => header::CORRELATION_ID,
+        header::REPLY_TO => header::REPLY_TO,
+        header::SENDING_ENDPOINT => header::SENDING_ENDPOINT,
+        header::SENDING_HOST => header::SENDING_HOST,
+        header::TIME_SENT => header::TIME_SENT,
+        header::SAGA_ID => header::SAGA_ID,
+        header::SAGA_TYPE => header::SAGA_TYPE,
+        header::FAILED_ATTEMPTS => header::FAILED_ATTEMPTS,
+        header::DELAYED_RETRIES => header::DELAYED_RETRIES,
+        header::TRACEPARENT => header::TRACEPARENT,
+        header::TRACESTATE => header::TRACESTATE,
+        header::ERROR_KIND => header::ERROR_KIND,
+        header::ERROR_MESSAGE => header::ERROR_MESSAGE,
+        header::ERROR_SOURCE => header::ERROR_SOURCE,
+        header::FAILED_QUEUE => header::FAILED_QUEUE,
+        header::FAILED_AT => header::FAILED_AT,
+        CONTENT_TYPE_MSGPACK => CONTENT_TYPE_MSGPACK,
+        CONTENT_TYPE_JSON => CONTENT_TYPE_JSON,
+        "send" => "send",
+        "publish" => "publish",
+        "reply" => "reply",
+        "timeout" => "timeout",
+        "0" => "0",
+        "1" => "1",
+        _ => return None,
+    })
+}
+
+/// `s` as a [`Text`]: the fixed string it equals, else an owned one (a `String` the
+/// caller already has is moved, not copied), with NUL characters (which jsonb cannot
+/// store) replaced by U+FFFD so that an error text carrying one cannot make a message
+/// unmovable.
+fn text<S: AsRef<str> + Into<String>>(s: S) -> Text {
+    let borrowed = s.as_ref();
+    if let Some(fixed) = fixed(borrowed) {
+        Cow::Borrowed(fixed)
+    } else if borrowed.contains('\0') {
+        Cow::Owned(borrowed.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Owned(s.into())
+    }
+}
+
 /// A message's headers: string names to string values.
+///
+/// Kept as a vector sorted by name rather than a tree: a message has a dozen headers or
+/// so, and a binary search over one allocation beats a tree's nodes at that size.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(BTreeMap<String, String>);
+pub struct Headers(Vec<(Text, Text)>);
 
 impl Headers {
     /// An empty map.
@@ -92,23 +154,47 @@ impl Headers {
 
     /// The value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        let at = self.position(name).ok()?;
+        Some(self.0[at].1.as_ref())
+    }
+
+    /// Where `name` is, or where it would go.
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(name))
+    }
+
+    fn set(&mut self, name: Text, value: Text) {
+        match self.position(&name) {
+            Ok(at) => self.0[at].1 = value,
+            Err(at) => self.0.insert(at, (name, value)),
+        }
     }
 
     /// Sets `name` to `value`, replacing NUL characters (which jsonb cannot store) with
     /// U+FFFD so that an error text carrying one cannot make a message unmovable.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.0.insert(sanitize(name.into()), sanitize(value.into()));
+    pub fn insert(
+        &mut self,
+        name: impl AsRef<str> + Into<String>,
+        value: impl AsRef<str> + Into<String>,
+    ) {
+        self.set(text(name), text(value));
+    }
+
+    /// Sets `name` to a value that lives as long as the program (a message type's name),
+    /// without copying it.
+    pub(crate) fn insert_static(&mut self, name: &'static str, value: &'static str) {
+        self.set(Cow::Borrowed(name), Cow::Borrowed(value));
     }
 
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        self.0.remove(name)
+        let at = self.position(name).ok()?;
+        Some(self.0.remove(at).1.into_owned())
     }
 
     /// Every header in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
 
     /// A counter header read as a number; absent or unreadable counts as zero.
@@ -121,9 +207,8 @@ impl Headers {
     /// The map as a jsonb-ready JSON object.
     pub fn to_json(&self) -> Value {
         Value::Object(
-            self.0
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            self.iter()
+                .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
                 .collect(),
         )
     }
@@ -142,9 +227,9 @@ impl Headers {
         let mut headers = Headers::new();
         for (name, value) in map {
             match value {
-                Value::String(s) => headers.insert(name.clone(), s.clone()),
-                Value::Number(n) => headers.insert(name.clone(), n.to_string()),
-                Value::Bool(b) => headers.insert(name.clone(), b.to_string()),
+                Value::String(s) => headers.insert(name.as_str(), s.as_str()),
+                Value::Number(n) => headers.insert(name.as_str(), n.to_string()),
+                Value::Bool(b) => headers.insert(name.as_str(), b.to_string()),
                 Value::Null => {}
                 other => {
                     return Err(format!(
@@ -156,31 +241,89 @@ impl Headers {
         }
         Ok(headers)
     }
-}
 
-impl Headers {
     /// Reads headers from the text of a JSON object. The common case, every value a
     /// string, is read straight into the map; anything else goes through
     /// [`from_json`](Headers::from_json), which accepts numbers and booleans, skips nulls
     /// and says what is wrong with the rest.
     pub fn from_json_text(text: &str) -> Result<Headers, String> {
-        if let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(text) {
-            // jsonb cannot hold NUL, but JSON text from elsewhere can.
-            let clean = map
-                .iter()
-                .all(|(k, v)| !k.contains('\0') && !v.contains('\0'));
-            if clean {
-                return Ok(Headers(map));
-            }
-            let mut headers = Headers::new();
-            for (name, value) in map {
-                headers.insert(name, value);
-            }
+        if let Ok(StringsOnly(headers)) = serde_json::from_str::<StringsOnly>(text) {
             return Ok(headers);
         }
         let value: Value =
             serde_json::from_str(text).map_err(|e| format!("headers are not JSON: {e}"))?;
         Headers::from_json(&value)
+    }
+}
+
+/// Headers read from a JSON object whose every value is a string; any other value fails
+/// the read, and [`Headers::from_json_text`] falls back to the general path.
+struct StringsOnly(Headers);
+
+/// One string of a headers object, read as a [`Text`].
+struct TextSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for TextSeed {
+    type Value = Text;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Text, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for TextSeed {
+    type Value = Text;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Text, E> {
+        Ok(text(s))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Text, E> {
+        Ok(text(s))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StringsOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for MapVisitor {
+            type Value = StringsOnly;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StringsOnly, A::Error> {
+                let mut headers = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(name) = map.next_key_seed(TextSeed)? {
+                    let value = map.next_value_seed(TextSeed)?;
+                    headers.push((name, value));
+                }
+                // jsonb gives its keys shortest first; a name given twice (JSON text
+                // written by hand) keeps its last value, as a JSON reader would.
+                headers.reverse();
+                headers.sort_by(|a, b| a.0.cmp(&b.0));
+                headers.dedup_by(|later, kept| later.0 == kept.0);
+                Ok(StringsOnly(Headers(headers)))
+            }
+        }
+
+        deserializer.deserialize_map(MapVisitor)
+    }
+}
+
+/// A JSON object of strings, in name order.
+impl serde::Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
     }
 }
 
@@ -196,7 +339,7 @@ impl ToSql for Headers {
             // The jsonb binary format: a version byte, then the JSON text.
             out.put_u8(1);
         }
-        serde_json::to_writer(out.writer(), &self.0)?;
+        serde_json::to_writer(out.writer(), self)?;
         Ok(IsNull::No)
     }
 
@@ -248,14 +391,6 @@ fn json_kind(value: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
-    }
-}
-
-fn sanitize(s: String) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "\u{FFFD}")
-    } else {
-        s
     }
 }
 
@@ -329,6 +464,37 @@ mod tests {
     }
 
     #[test]
+    fn fixed_names_and_values_are_borrowed_and_the_rest_owned() {
+        let text = r#"{"message_id": "m-1", "intent": "send", "baggage.run": "r\u0000"}"#;
+        let headers = Headers::from_json_text(text).unwrap();
+        let entry = |name: &str| {
+            let (name, value) = headers.0.iter().find(|(k, _)| k == name).unwrap();
+            (name, value)
+        };
+
+        let (name, value) = entry("intent");
+        assert!(matches!(
+            (name, value),
+            (Cow::Borrowed(_), Cow::Borrowed(_))
+        ));
+        let (name, value) = entry("message_id");
+        assert!(matches!((name, value), (Cow::Borrowed(_), Cow::Owned(_))));
+        let (name, value) = entry("baggage.run");
+        assert!(matches!((name, value), (Cow::Owned(_), Cow::Owned(_))));
+        assert_eq!(
+            value, "r\u{FFFD}",
+            "a NUL read from JSON text is replaced too"
+        );
+
+        let mut built = Headers::new();
+        built.insert(String::from("intent"), "reply");
+        assert!(matches!(
+            built.0.first(),
+            Some((Cow::Borrowed(_), Cow::Borrowed(_)))
+        ));
+    }
+
+    #[test]
     fn headers_are_read_from_json_text_whatever_their_scalars() {
         let all_strings = Headers::from_json_text(r#"{"a": "1", "b": "x"}"#).unwrap();
         assert_eq!(
@@ -344,6 +510,14 @@ mod tests {
         assert!(nested.contains("not a string"), "{nested}");
         let list = Headers::from_json_text("[1, 2]").unwrap_err();
         assert!(list.contains("not an object"), "{list}");
+        let twice = Headers::from_json_text(r#"{"b": "1", "a": "x", "b": "2"}"#).unwrap();
+        let names: Vec<_> = twice.iter().collect();
+        assert_eq!(
+            names,
+            [("a", "x"), ("b", "2")],
+            "sorted, and the last value kept"
+        );
+
         let broken = Headers::from_json_text("{").unwrap_err();
         assert!(broken.contains("not JSON"), "{broken}");
     }

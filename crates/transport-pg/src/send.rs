@@ -152,11 +152,11 @@ impl Origin {
             headers.insert(header::CONVERSATION_ID, id.clone());
         }
         headers.insert(header::MESSAGE_ID, id);
-        headers.insert(header::MESSAGE_TYPE, M::NAME);
+        headers.insert_static(header::MESSAGE_TYPE, M::NAME);
         headers.insert(header::INTENT, intent);
         headers.insert(header::CONTENT_TYPE, CONTENT_TYPE_MSGPACK);
-        headers.insert(header::SENDING_ENDPOINT, self.name.clone());
-        headers.insert(header::SENDING_HOST, self.host.clone());
+        headers.insert(header::SENDING_ENDPOINT, self.name.as_str());
+        headers.insert(header::SENDING_HOST, self.host.as_str());
         headers.insert(header::TIME_SENT, format_rfc3339(SystemTime::now()));
         if let Some(reply_to) = &self.reply_to {
             headers.insert(header::REPLY_TO, reply_to.as_str());
