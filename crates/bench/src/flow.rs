@@ -59,8 +59,8 @@ pub enum FlowSection {
 /// What the flow measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Flow {
-    /// The endpoints' batch size.
-    pub batch: usize,
+    /// Each endpoint's batch size, as it reported it when ready.
+    pub batches: Vec<EndpointBatch>,
     /// Orders in the throughput run (all approved, none slow).
     pub orders: usize,
     /// Seconds from the first order stored by Sales to the last marked shipped.
@@ -105,7 +105,7 @@ impl Flow {
             .unwrap_or_else(|| "-".into());
         row(
             out,
-            &format!("order flow (backlog, b{})", self.batch),
+            &format!("order flow (backlog, {})", batch_label(&self.batches)),
             &[
                 &format!("{:.0} orders/s", self.orders_per_s),
                 &format!("{:.0} hops/s", self.hops_per_s),
@@ -121,6 +121,25 @@ impl Flow {
                 &format!("verify {}", if self.verified { "ok" } else { "FAILED" }),
             ],
         );
+    }
+}
+
+/// One endpoint's batch size in the flow.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointBatch {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Messages per transaction.
+    pub batch: usize,
+}
+
+/// `b1` when every endpoint ran at batch 1, else the sizes in the order Sales, Billing,
+/// Shipping: `b10/1/1`.
+fn batch_label(batches: &[EndpointBatch]) -> String {
+    let sizes: Vec<String> = batches.iter().map(|b| b.batch.to_string()).collect();
+    match sizes.split_first() {
+        Some((first, rest)) if rest.iter().all(|s| s == first) => format!("b{first}"),
+        _ => format!("b{}", sizes.join("/")),
     }
 }
 
@@ -153,8 +172,8 @@ pub struct FlowPlan {
     pub orders: usize,
     /// Seconds of the latency run.
     pub latency_seconds: u64,
-    /// The endpoints' batch size.
-    pub batch: usize,
+    /// The endpoints' batch size; `None` leaves each at its own default.
+    pub batch: Option<usize>,
 }
 
 /// The processes of the flow, stopped together.
@@ -228,10 +247,15 @@ async fn drive(
     processes: &mut Processes,
 ) -> Result<Flow> {
     let url = server.url(db);
+    let mut batches = Vec::new();
     for name in ENDPOINTS {
-        let endpoint =
+        let (endpoint, batch) =
             start_endpoint(bin_dir, work_dir, name, &url, gateway_url, plan.batch, 0).await?;
         processes.endpoints.push((name.to_owned(), endpoint));
+        batches.push(EndpointBatch {
+            endpoint: name.to_owned(),
+            batch,
+        });
     }
     let client = server.connect(db).await?;
     let database = server.database(db)?;
@@ -250,7 +274,7 @@ async fn drive(
     let orders = per_placer * PLACERS;
     let before = hop_counts(server, db).await?;
     let commits_before = commits(&client, db).await?;
-    let sales =
+    let (sales, _) =
         start_endpoint(bin_dir, work_dir, "sales", &url, gateway_url, plan.batch, 1).await?;
     processes.endpoints.insert(0, ("sales".to_owned(), sales));
     wait_shipped(&client, "bench-flow-%", orders, processes).await?;
@@ -281,7 +305,7 @@ async fn drive(
 
     let (verified, verify) = verify(bin_dir, work_dir, &url).await?;
     Ok(Flow {
-        batch: plan.batch,
+        batches,
         orders,
         seconds,
         orders_per_s,
@@ -555,21 +579,22 @@ async fn start_gateways(bin_dir: &Path, work_dir: &Path, url: &str) -> Result<(R
     Ok((gateways, addr))
 }
 
+/// Starts endpoint `name` (at `batch`, or at its own default) and waits until it is
+/// ready; returns it with the batch size its ready line reports.
 async fn start_endpoint(
     bin_dir: &Path,
     work_dir: &Path,
     name: &str,
     url: &str,
     gateway_url: &str,
-    batch: usize,
+    batch: Option<usize>,
     generation: usize,
-) -> Result<Running> {
-    let mut args: Vec<String> = vec![
-        "--database-url".into(),
-        url.into(),
-        "--batch-size".into(),
-        batch.to_string(),
-    ];
+) -> Result<(Running, usize)> {
+    let mut args: Vec<String> = vec!["--database-url".into(), url.into()];
+    if let Some(batch) = batch {
+        args.push("--batch-size".into());
+        args.push(batch.to_string());
+    }
     if name != "sales" {
         args.push("--gateway-url".into());
         args.push(gateway_url.into());
@@ -577,8 +602,16 @@ async fn start_endpoint(
     let log = work_dir.join(format!("flow-{name}-{generation}.log"));
     let env = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
     let mut endpoint = process::start(&bin_dir.join(name), &args, &env, &log)?;
-    wait_for_line(&mut endpoint, "endpoint ready").await?;
-    Ok(endpoint)
+    let ready = wait_for_line(&mut endpoint, "endpoint ready").await?;
+    let reported = ready
+        .split_whitespace()
+        .find_map(|token| token.strip_prefix("batch_size="))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::Process {
+            program: name.to_owned(),
+            reason: format!("no batch_size= in its ready line: {ready}"),
+        })?;
+    Ok((endpoint, reported))
 }
 
 async fn verify(bin_dir: &Path, work_dir: &Path, url: &str) -> Result<(bool, String)> {
@@ -609,6 +642,20 @@ mod tests {
             strip_ansi(line),
             "2026  INFO gateways ready addr=127.0.0.1:4000"
         );
+    }
+
+    #[test]
+    fn the_batch_label_names_each_size_only_when_they_differ() {
+        let of = |sizes: &[usize]| -> Vec<EndpointBatch> {
+            let names = ENDPOINTS.iter();
+            let batches = names.zip(sizes).map(|(name, &batch)| EndpointBatch {
+                endpoint: name.to_string(),
+                batch,
+            });
+            batches.collect()
+        };
+        assert_eq!(batch_label(&of(&[1, 1, 1])), "b1");
+        assert_eq!(batch_label(&of(&[10, 1, 1])), "b10/1/1");
     }
 
     #[test]

@@ -476,7 +476,7 @@ impl Bench {
                 let plan = flow::FlowPlan {
                     orders: self.knobs.flow_orders,
                     latency_seconds: self.knobs.flow_latency_seconds,
-                    batch: usize::from(self.args.flow_batch),
+                    batch: self.args.flow_batch.map(usize::from),
                 };
                 let args = &self.args;
                 let ran = flow::run(
