@@ -163,6 +163,7 @@ impl Headers {
         self.0.binary_search_by(|(k, _)| k.as_ref().cmp(name))
     }
 
+    /// Replaces `name`'s value, or inserts it in name order.
     fn set(&mut self, name: Text, value: Text) {
         match self.position(&name) {
             Ok(at) => self.0[at].1 = value,
@@ -181,9 +182,14 @@ impl Headers {
     }
 
     /// Sets `name` to a value that lives as long as the program (a message type's name),
-    /// without copying it.
+    /// without copying it unless it holds a NUL.
     pub(crate) fn insert_static(&mut self, name: &'static str, value: &'static str) {
-        self.set(Cow::Borrowed(name), Cow::Borrowed(value));
+        let value = if value.contains('\0') {
+            text(value)
+        } else {
+            Cow::Borrowed(value)
+        };
+        self.set(text(name), value);
     }
 
     /// Removes `name`, returning its value.
@@ -461,6 +467,8 @@ mod tests {
         let mut headers = Headers::new();
         headers.insert("error_message", "bad\0byte");
         assert_eq!(headers.get("error_message"), Some("bad\u{FFFD}byte"));
+        headers.insert_static("message_type", "a.\0B");
+        assert_eq!(headers.get("message_type"), Some("a.\u{FFFD}B"));
     }
 
     #[test]
