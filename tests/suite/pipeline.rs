@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use message::{Message, MessageKind};
 use serde::{Deserialize, Serialize};
-use tests::{TestDb, wait_until};
+use tests::{TIMING, TestDb, wait_until};
 use transport_pg::{Context, Endpoint, Handler, HandlerError};
 use uuid::Uuid;
 
@@ -249,5 +249,57 @@ async fn a_worker_that_is_never_idle_still_lets_the_server_report_its_deletes() 
         reported,
         "the server reported {deletes} deletes from the queue while the worker was busy \
          and had handled {handled}"
+    );
+}
+
+/// Counts the steps endpoint `sink` receives, doing nothing else.
+struct Sunk {
+    calls: Arc<AtomicU32>,
+}
+
+impl Handler<Step> for Sunk {
+    async fn handle(&self, _step: Step, _ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timing_a_send_from_a_pipelined_batch_wakes_its_destination() {
+    let _serial = TIMING.lock().await;
+    let db = TestDb::new().await;
+    let endpoint = start_steps(&db, Arc::new(AtomicU32::new(0))).await;
+    let sunk = Arc::new(AtomicU32::new(0));
+    // The sink polls at most a minute apart, so only a wake-up finds the message soon.
+    let sink = transport_pg::EndpointBuilder::new("sink", db.database())
+        .handler::<Step, _>(Sunk {
+            calls: sunk.clone(),
+        })
+        .idle_poll_max(Duration::from_secs(60))
+        .start()
+        .await
+        .expect("sink starts");
+
+    // Idle for six seconds: the sink's next poll is then seconds away.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    send_together(
+        &db,
+        &[Step::Relay {
+            n: 1,
+            fail_first: false,
+        }],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let arrived = wait_until(Duration::from_secs(2), || async {
+        sunk.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let took = started.elapsed();
+    sink.shutdown(Duration::from_secs(5)).await;
+    endpoint.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        arrived,
+        "the relayed step reached the idle sink within 2 s ({took:?})"
     );
 }

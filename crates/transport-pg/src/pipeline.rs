@@ -165,6 +165,16 @@ impl<'c> Pipeline<'c> {
         Ok(())
     }
 
+    /// Every table the deferred sends of this batch went to.
+    pub fn tables_written(&self) -> Vec<Written> {
+        let state = self.state();
+        state
+            .inserts
+            .iter()
+            .map(|(target, _)| target.clone())
+            .collect()
+    }
+
     /// Called before each statement a handler runs: the first time for a handler, the
     /// sends so far are written (the handler may read them) and its savepoint is taken,
     /// both sent without waiting, ahead of the handler's statement. Anything that fails

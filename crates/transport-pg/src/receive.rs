@@ -553,11 +553,6 @@ impl Pump {
                 .await
             {
                 Ok(outgoing) => {
-                    for message in &outgoing {
-                        if !written.iter().any(|target: &Written| target.is(message)) {
-                            written.push(Written::of(message));
-                        }
-                    }
                     pipeline.defer(outgoing).await?;
                     self.succeeded(&received, &message_type);
                 }
@@ -580,6 +575,8 @@ impl Pump {
             }
         }
         pipeline.commit(begin_next).await?;
+        // The handlers' sends went to the tables the pipeline prepared inserts for.
+        written.extend(pipeline.tables_written());
         Ok(written)
     }
 
