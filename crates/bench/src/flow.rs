@@ -552,6 +552,17 @@ async fn wait_for_line(running: &mut Running, needle: &str) -> Result<String> {
     }
 }
 
+/// The value of field `key` (`key=value`) in a log line of `program`'s.
+fn logged_field<'a>(line: &'a str, program: &str, key: &str) -> Result<&'a str> {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(prefix.as_str()))
+        .ok_or_else(|| Error::Process {
+            program: program.to_owned(),
+            reason: format!("no {key}= in its ready line: {line}"),
+        })
+}
+
 async fn start_gateways(bin_dir: &Path, work_dir: &Path, url: &str) -> Result<(Running, String)> {
     let args: Vec<String> = [
         "--database-url",
@@ -568,14 +579,7 @@ async fn start_gateways(bin_dir: &Path, work_dir: &Path, url: &str) -> Result<(R
     let env = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
     let mut gateways = process::start(&bin_dir.join("gateways"), &args, &env, &log)?;
     let line = wait_for_line(&mut gateways, "gateways ready").await?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|token| token.strip_prefix("addr="))
-        .ok_or_else(|| Error::Process {
-            program: "gateways".into(),
-            reason: format!("no addr= in its ready line: {line}"),
-        })?
-        .to_owned();
+    let addr = logged_field(&line, "gateways", "addr")?.to_owned();
     Ok((gateways, addr))
 }
 
@@ -603,14 +607,11 @@ async fn start_endpoint(
     let env = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
     let mut endpoint = process::start(&bin_dir.join(name), &args, &env, &log)?;
     let ready = wait_for_line(&mut endpoint, "endpoint ready").await?;
-    let reported = ready
-        .split_whitespace()
-        .find_map(|token| token.strip_prefix("batch_size="))
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| Error::Process {
-            program: name.to_owned(),
-            reason: format!("no batch_size= in its ready line: {ready}"),
-        })?;
+    let reported = logged_field(&ready, name, "batch_size")?;
+    let reported = reported.parse().map_err(|_| Error::Process {
+        program: name.to_owned(),
+        reason: format!("batch_size={reported} in its ready line is not a number"),
+    })?;
     Ok((endpoint, reported))
 }
 
@@ -656,6 +657,14 @@ mod tests {
         };
         assert_eq!(batch_label(&of(&[1, 1, 1])), "b1");
         assert_eq!(batch_label(&of(&[10, 1, 1])), "b10/1/1");
+    }
+
+    #[test]
+    fn a_ready_line_field_is_found_or_named_missing() {
+        let line = "2026  INFO endpoint ready endpoint=sales batch_size=10 wakeups=true";
+        assert_eq!(logged_field(line, "sales", "batch_size").unwrap(), "10");
+        let missing = logged_field(line, "sales", "addr").unwrap_err().to_string();
+        assert!(missing.contains("no addr="), "{missing}");
     }
 
     #[test]
