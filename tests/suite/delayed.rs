@@ -101,7 +101,7 @@ async fn delayed_statements_have_no_sequential_scan_in_their_generic_plans() {
         .await
         .unwrap();
     let statements =
-        transport_pg::sql::QueueStatements::new(&EndpointName::new("planned").unwrap().tables());
+        transport_pg::sql::QueueStatements::new(&EndpointName::new("planned").unwrap().tables(), 1);
     let cases = [
         (statements.move_due.as_str(), "(100)"),
         (statements.next_due_ms.as_str(), ""),

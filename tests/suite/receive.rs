@@ -378,7 +378,7 @@ async fn time_receives(
     for _ in 0..rounds {
         let tx = client.transaction().await.unwrap();
         let started = std::time::Instant::now();
-        let rows = tx.query(&statement, &[&position, &10i64]).await.unwrap();
+        let rows = tx.query(&statement, &[&position]).await.unwrap();
         times.push(started.elapsed());
         tx.commit().await.unwrap();
         assert_eq!(rows.len(), 10, "the queue ran dry");
@@ -403,6 +403,7 @@ async fn timing_a_receive_after_200000_deletes_stays_near_its_speed_on_a_fresh_t
         .unwrap();
     let statement = transport_pg::sql::QueueStatements::new(
         &transport_pg::EndpointName::new("churned").unwrap().tables(),
+        10,
     )
     .receive;
     let fill = |n: i64| {

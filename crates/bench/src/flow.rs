@@ -472,9 +472,9 @@ async fn hop_counts(server: &Server, db: &str) -> Result<Vec<EndpointHops>> {
     let mut counts = Vec::new();
     for name in ENDPOINTS {
         let endpoint = EndpointName::new(name).map_err(Error::transport("endpoint name"))?;
-        let statements = QueueStatements::new(&endpoint.tables());
+        let statements = QueueStatements::new(&endpoint.tables(), 1);
         let (receive, take) = (
-            normalize(&statements.receive),
+            normalize(&crate::statements::as_recorded(&statements.receive)),
             normalize(&statements.take_seqs),
         );
         let mut count = EndpointHops {

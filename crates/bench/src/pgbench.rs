@@ -45,9 +45,10 @@ fn substitute(text: &str, pairs: &[(&str, &str)]) -> Result<String> {
     Ok(out)
 }
 
-/// The ceiling script; the batch size is in its variables ([`ceiling_variables`]).
+/// The ceiling script for the batch size `statements` receive at (the limit is in the
+/// receive's text); the sends' arrays are in its variables ([`ceiling_variables`]).
 pub fn ceiling_script(statements: &QueueStatements) -> Result<String> {
-    let receive = substitute(&statements.receive, &[("$1", "seq"), ("$2", "n")])?;
+    let receive = substitute(&statements.receive, &[("$1", "seq")])?;
     let insert = substitute(
         &statements.insert,
         &[("$1", "ids"), ("$2", "hs"), ("$3", "bs")],
@@ -91,13 +92,12 @@ fn array_literal(element: &str, count: usize) -> String {
     format!("{{{}}}", vec![quoted; count].join(","))
 }
 
-/// The `-D` variables of the ceiling script: the probe start, the batch size and the
+/// The `-D` variables of the ceiling script: the probe start and the
 /// columns of the batch's `batch` sends as the insert's arrays, each a copy of `sample`.
 pub fn ceiling_variables(sample: &SampleRow, batch: usize) -> Vec<(String, String)> {
     let hex: String = sample.body.iter().map(|b| format!("{b:02x}")).collect();
     vec![
         ("seq".into(), "0".into()),
-        ("n".into(), batch.to_string()),
         (
             "ids".into(),
             array_literal(&sample.message_id.to_string(), batch),
@@ -216,16 +216,14 @@ mod tests {
     use transport_pg::EndpointName;
 
     fn statements() -> QueueStatements {
-        QueueStatements::new(&EndpointName::new("hop").unwrap().tables())
+        QueueStatements::new(&EndpointName::new("hop").unwrap().tables(), 10)
     }
 
     #[test]
     fn ceiling_script_keeps_the_statements_and_only_renames_placeholders() {
         let script = ceiling_script(&statements()).unwrap();
-        let receive = statements()
-            .receive
-            .replace("$1", ":seq")
-            .replace("$2", ":n");
+        let receive = statements().receive.replace("$1", ":seq");
+        assert!(receive.contains("LIMIT 10"));
         assert!(script.contains(&receive));
         assert_eq!(script.matches("\\aset").count(), HOPS_PER_SCRIPT);
         assert_eq!(script.matches("INSERT INTO").count(), HOPS_PER_SCRIPT);

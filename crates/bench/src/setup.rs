@@ -52,7 +52,8 @@ const PRIME: Duration = Duration::from_millis(300);
 
 /// What the set-up made.
 pub struct Setup {
-    /// The ring endpoint's statements, the texts the ceiling runs.
+    /// The ring endpoint's statements (at batch 1), to find the hop's entries in
+    /// `pg_stat_statements` by.
     pub statements: QueueStatements,
     /// A message the transport wrote, copied into the ceiling's ring and pgmq's.
     pub sample: SampleRow,
@@ -118,16 +119,18 @@ pub async fn prepare(server: &Server, args: &Args) -> Result<Setup> {
     let sample = ring::sample_newest(&server.connect(DB_TRANSPORT).await?, &tables.queue).await?;
     ring::fill_ceiling(&server.database(DB_CEILING)?, &name, &sample, args.ring).await?;
 
-    let statements = QueueStatements::new(&tables);
     let mut ceiling_scripts = Vec::new();
     for &batch in &args.batches {
         let path = args.work_dir.join(format!("ceiling-batch-{batch}.sql"));
-        let script = pgbench::ceiling_script(&statements)?;
+        let script = pgbench::ceiling_script(&QueueStatements::new(&tables, batch))?;
         std::fs::write(&path, script).map_err(Error::io("write", &path))?;
         ceiling_scripts.push((batch, path));
     }
 
     let (pgmq, pgmq_script) = prepare_pgmq(server, args, &sample).await?;
+    // The statements differ by batch only in the receive's limit, which the extension
+    // records as a placeholder; any batch's texts find the entries of all of them.
+    let statements = QueueStatements::new(&tables, 1);
     Ok(Setup {
         statements,
         sample,

@@ -28,7 +28,8 @@ pub struct Entry {
 pub struct Pair {
     /// What the statement does in the hop.
     pub role: &'static str,
-    /// The text the transport's code holds.
+    /// The text the transport's code holds, as the extension records it
+    /// ([`as_recorded`]).
     pub statement: String,
     /// The ceiling's entry, when pgbench ran it.
     pub ceiling: Option<Entry>,
@@ -49,11 +50,35 @@ fn normalize(sql: &str) -> String {
     joined.trim_end_matches(';').trim_end().to_owned()
 }
 
-/// The hop's statements: what each does, its text, and whether it is a utility statement.
+/// `statement` as the extension records it: it replaces each constant with a placeholder
+/// numbered after the statement's own parameters. The only constant in the queue
+/// statements the bench looks up is the receive's limit, so only a `LIMIT <number>` is
+/// replaced; the receives of every batch size share one recorded text.
+pub fn as_recorded(statement: &str) -> String {
+    let next = (1..)
+        .find(|n| !statement.contains(&format!("${n}")))
+        .expect("a statement holds finitely many parameters");
+    let mut out = String::with_capacity(statement.len());
+    let mut rest = statement;
+    while let Some(at) = rest.find("LIMIT ") {
+        let (before, after) = rest.split_at(at + "LIMIT ".len());
+        out.push_str(before);
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 {
+            out.push_str(&format!("${next}"));
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The hop's statements: what each does, its text as the extension records it, and
+/// whether it is a utility statement.
 fn hop_statements(statements: &QueueStatements) -> Vec<(&'static str, String, bool)> {
     vec![
         ("begin", "BEGIN".to_owned(), true),
-        ("receive n", statements.receive.clone(), false),
+        ("receive n", as_recorded(&statements.receive), false),
         ("send n", statements.insert.clone(), false),
         ("commit", "COMMIT".to_owned(), true),
     ]
@@ -165,6 +190,20 @@ mod tests {
     fn normalizing_ignores_layout_and_the_final_semicolon() {
         assert_eq!(normalize("SELECT 1\n   FROM  x ;"), "SELECT 1 FROM x");
         assert_eq!(normalize("BEGIN"), normalize("BEGIN;"));
+    }
+
+    #[test]
+    fn a_limit_is_recorded_as_the_next_placeholder() {
+        assert_eq!(
+            as_recorded("SELECT seq FROM q WHERE seq > $1 LIMIT 10 FOR UPDATE"),
+            "SELECT seq FROM q WHERE seq > $1 LIMIT $2 FOR UPDATE"
+        );
+        assert_eq!(as_recorded("SELECT 1 LIMIT 50"), "SELECT 1 LIMIT $1");
+        assert_eq!(as_recorded("SELECT 1 LIMIT $1"), "SELECT 1 LIMIT $1");
+        assert_eq!(
+            as_recorded("INSERT INTO t SELECT $1"),
+            "INSERT INTO t SELECT $1"
+        );
     }
 
     #[test]

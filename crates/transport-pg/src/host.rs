@@ -256,7 +256,7 @@ impl EndpointBuilder {
         });
         let sender = Sender::from_parts(origin.clone(), pool.clone(), notifier.clone());
 
-        let statements = Arc::new(QueueStatements::new(&name.tables()));
+        let statements = Arc::new(QueueStatements::new(&name.tables(), self.config.batch_size));
         let pump = Arc::new(Pump {
             statements: statements.clone(),
             endpoint: name.clone(),

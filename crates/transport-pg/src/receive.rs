@@ -393,7 +393,8 @@ impl Pump {
         position: i64,
         held: &mut Option<OpenTx>,
     ) -> Result<BatchOutcome> {
-        self.receive_up_to(position, self.config.batch_size, Some(held))
+        let statement = &self.statements.receive;
+        self.receive_up_to(statement, position, self.config.batch_size, Some(held))
             .await
     }
 
@@ -404,8 +405,10 @@ impl Pump {
     /// each side. Only a full batch chains; after a short one the worker may go idle, and
     /// an idle worker holds no transaction. A chain ends after [`CHAIN_LIMIT`], so the
     /// server can report the table statistics autovacuum needs.
+    /// `statement` is the receive whose limit is `batch_size`.
     async fn receive_up_to(
         &self,
+        statement: &str,
         position: i64,
         batch_size: usize,
         mut chain: Option<&mut Option<OpenTx>>,
@@ -418,12 +421,11 @@ impl Pump {
         };
         let receive = tx
             .client()
-            .prepare_cached(&self.statements.receive)
+            .prepare_cached(statement)
             .await
             .map_err(Error::db(format!("prepare receive for {}", self.endpoint)))?;
 
-        let limit = batch_size as i64;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&position, &limit];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&position];
         let rows = if begun {
             tx.client().query(&receive, &params).await
         } else {
@@ -489,7 +491,8 @@ impl Pump {
                 last_seq: position,
             });
         }
-        let outcome = self.receive_up_to(position, 1, None).await?;
+        let statement = &self.statements.receive_one;
+        let outcome = self.receive_up_to(statement, position, 1, None).await?;
         if outcome.taken > 0 && self.throttle.is_active() {
             tokio::time::sleep(self.throttle.pause).await;
         }

@@ -1,12 +1,15 @@
 //! Statements on one endpoint's queue table, built once per endpoint.
 
+use crate::MAX_BATCH_SIZE;
 use crate::name::QueueTables;
 
 /// The queue statements of one endpoint.
 #[derive(Debug, Clone)]
 pub struct QueueStatements {
-    /// Takes up to `$2` messages after seq `$1`; see [`receive`].
+    /// Takes up to a batch of messages after seq `$1`; see [`receive`].
     pub receive: String,
+    /// Takes one message after seq `$1`: the receive while the endpoint is throttled.
+    pub receive_one: String,
     /// Inserts messages; see [`insert`].
     pub insert: String,
     /// Takes the rows with the seqs in `$1`, if still there and not locked.
@@ -20,10 +23,16 @@ pub struct QueueStatements {
 }
 
 impl QueueStatements {
-    /// Builds the statements for `tables`.
-    pub fn new(tables: &QueueTables) -> Self {
+    /// Builds the statements for `tables`, receiving up to `batch_size` at a time.
+    ///
+    /// # Panics
+    ///
+    /// When `batch_size` is outside 1 to [`MAX_BATCH_SIZE`]; the endpoint builder refuses
+    /// such a size before any statement is built.
+    pub fn new(tables: &QueueTables, batch_size: usize) -> Self {
         QueueStatements {
-            receive: receive(&tables.queue),
+            receive: receive(&tables.queue, batch_size),
+            receive_one: receive(&tables.queue, 1),
             insert: insert(&tables.queue),
             take_seqs: take_seqs(&tables.queue),
             claim_next: claim_next(&tables.queue),
@@ -33,13 +42,30 @@ impl QueueStatements {
     }
 }
 
-/// Takes up to `$2` of the oldest visible messages with seq above `$1`.
+/// Takes up to `limit` of the oldest visible messages with seq above `$1`.
 ///
 /// `= ANY(ARRAY(...))` and not `IN (...)`: the generic plan of the `IN` form, which a
 /// prepared statement switches to after a few runs, is a hash semi-join over a
 /// sequential scan of the whole queue. SKIP LOCKED lets competing consumers pass over
 /// each other's rows instead of waiting on them.
-pub fn receive(queue: &str) -> String {
+///
+/// The limit is part of the statement's text, not a parameter, because it is the
+/// statement's shape rather than a value: an endpoint receives at one batch size. A
+/// parameter there made PostgreSQL plan the statement afresh on every run, since a
+/// generic plan guesses that a `LIMIT $n` keeps a tenth of the table and so always looks
+/// dearer than the plan for the actual limit; on a queue of 20,000 rows the planning then
+/// cost more than the execution. With the number in the text the generic plan knows the
+/// limit, and the prepared statement settles on it after its first five runs. The number
+/// is a checked integer, so nothing from outside reaches the text.
+///
+/// # Panics
+///
+/// When `limit` is outside 1 to [`MAX_BATCH_SIZE`].
+pub fn receive(queue: &str, limit: usize) -> String {
+    assert!(
+        (1..=MAX_BATCH_SIZE).contains(&limit),
+        "receive limit {limit} is outside 1 to {MAX_BATCH_SIZE}"
+    );
     format!(
         "\
 DELETE FROM {queue}
@@ -48,7 +74,7 @@ WHERE seq = ANY(ARRAY(
     FROM {queue}
     WHERE seq > $1
     ORDER BY seq
-    LIMIT $2
+    LIMIT {limit}
     FOR UPDATE SKIP LOCKED))
 RETURNING seq, message_id, headers, body, enqueued_at, claims"
     )
