@@ -206,3 +206,26 @@ async fn batches_locking_the_same_keys_in_opposite_orders_do_not_deadlock() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_size_outside_1_to_50_is_refused_before_anything_is_installed() {
+    let db = TestDb::new().await;
+    for size in [0, transport_pg::MAX_BATCH_SIZE + 1] {
+        let started = EndpointBuilder::new("oversized", db.database())
+            .batch_size(size)
+            .start()
+            .await;
+        let error = match started {
+            Ok(_) => panic!("batch size {size} was accepted"),
+            Err(error) => transport_pg::error_chain(&error),
+        };
+        assert!(
+            error.contains(&format!("batch size {size} is outside 1 to 50")),
+            "{error}"
+        );
+    }
+    let tables = db
+        .count("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'oversized%'")
+        .await;
+    assert_eq!(tables, 0, "nothing was installed");
+}
