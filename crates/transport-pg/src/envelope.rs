@@ -433,13 +433,45 @@ pub fn format_rfc3339(time: SystemTime) -> String {
     let secs = since_epoch.as_secs() as i64;
     let (days, secs_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+    let (hour, minute, second) = (
         secs_of_day / 3600,
         secs_of_day % 3600 / 60,
         secs_of_day % 60,
-        since_epoch.subsec_millis()
-    )
+    );
+    let millis = since_epoch.subsec_millis();
+    if !(0..=9999).contains(&year) {
+        return format!(
+            "{year}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z"
+        );
+    }
+    let year = year as u32;
+
+    // Written digit by digit: every message sent carries one, and the formatting
+    // machinery of `format!` was a few per cent of a busy endpoint's CPU.
+    let mut out = String::with_capacity(24);
+    push_digits(&mut out, year, 4);
+    out.push('-');
+    push_digits(&mut out, month, 2);
+    out.push('-');
+    push_digits(&mut out, day, 2);
+    out.push('T');
+    push_digits(&mut out, hour as u32, 2);
+    out.push(':');
+    push_digits(&mut out, minute as u32, 2);
+    out.push(':');
+    push_digits(&mut out, second as u32, 2);
+    out.push('.');
+    push_digits(&mut out, millis, 3);
+    out.push('Z');
+    out
+}
+
+/// Appends the last `width` decimal digits of `value`, zero-padded.
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10u32.pow(place) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -557,5 +589,11 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_796_300_000_123);
         assert_eq!(format_rfc3339(t), "2026-12-03T12:13:20.123Z");
         assert_eq!(format_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_millis(951_825_599_999);
+        assert_eq!(format_rfc3339(leap), "2000-02-29T11:59:59.999Z");
+        let far = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert_eq!(format_rfc3339(far), "10000-01-01T00:00:00.000Z");
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(format_rfc3339(before), "1970-01-01T00:00:00.000Z");
     }
 }
