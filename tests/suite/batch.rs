@@ -220,7 +220,10 @@ async fn a_batch_size_outside_1_to_50_is_refused_before_anything_is_installed() 
             Err(error) => transport_pg::error_chain(&error),
         };
         assert!(
-            error.contains(&format!("batch size {size} is outside 1 to 50")),
+            error.contains(&format!(
+                "batch size {size} is outside 1 to {}",
+                transport_pg::MAX_BATCH_SIZE
+            )),
             "{error}"
         );
     }

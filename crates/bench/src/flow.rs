@@ -29,6 +29,7 @@ use crate::db::Server;
 use crate::error::{Error, Result};
 use crate::process::{self, Running};
 use crate::report::row;
+use crate::statements::as_recorded;
 use crate::stats::percentile;
 
 /// The binaries the flow runs, in `target/release`.
@@ -474,7 +475,7 @@ async fn hop_counts(server: &Server, db: &str) -> Result<Vec<EndpointHops>> {
         let endpoint = EndpointName::new(name).map_err(Error::transport("endpoint name"))?;
         let statements = QueueStatements::new(&endpoint.tables(), 1);
         let (receive, take) = (
-            normalize(&crate::statements::as_recorded(&statements.receive)),
+            normalize(&as_recorded(&statements.receive)),
             normalize(&statements.take_seqs),
         );
         let mut count = EndpointHops {

@@ -92,8 +92,8 @@ fn array_literal(element: &str, count: usize) -> String {
     format!("{{{}}}", vec![quoted; count].join(","))
 }
 
-/// The `-D` variables of the ceiling script: the probe start and the
-/// columns of the batch's `batch` sends as the insert's arrays, each a copy of `sample`.
+/// The `-D` variables of the ceiling script: the probe start and the columns of the
+/// batch's `batch` sends as the insert's arrays, each a copy of `sample`.
 pub fn ceiling_variables(sample: &SampleRow, batch: usize) -> Vec<(String, String)> {
     let hex: String = sample.body.iter().map(|b| format!("{b:02x}")).collect();
     vec![

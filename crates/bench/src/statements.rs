@@ -50,27 +50,45 @@ fn normalize(sql: &str) -> String {
     joined.trim_end_matches(';').trim_end().to_owned()
 }
 
-/// `statement` as the extension records it: it replaces each constant with a placeholder
-/// numbered after the statement's own parameters. The only constant in the queue
-/// statements the bench looks up is the receive's limit, so only a `LIMIT <number>` is
-/// replaced; the receives of every batch size share one recorded text.
+/// `statement` as the extension records it: it replaces each constant with a placeholder,
+/// numbered on from the statement's highest parameter. The only constants in the queue
+/// statements the bench looks up are LIMITs (written `LIMIT <number>`, in capitals, as the
+/// transport writes its SQL), so only those are replaced; the receives of every batch size
+/// then share one recorded text.
 pub fn as_recorded(statement: &str) -> String {
-    let next = (1..)
-        .find(|n| !statement.contains(&format!("${n}")))
-        .expect("a statement holds finitely many parameters");
+    let highest = statement
+        .split('$')
+        .skip(1)
+        .filter_map(|after| leading_digits(after).parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    let mut next = highest + 1;
     let mut out = String::with_capacity(statement.len());
     let mut rest = statement;
     while let Some(at) = rest.find("LIMIT ") {
+        let keyword = !rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
         let (before, after) = rest.split_at(at + "LIMIT ".len());
         out.push_str(before);
-        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits > 0 {
+        let digits = leading_digits(after).len();
+        if keyword && digits > 0 {
             out.push_str(&format!("${next}"));
+            next += 1;
         }
-        rest = &after[digits..];
+        rest = &after[if keyword { digits } else { 0 }..];
     }
     out.push_str(rest);
     out
+}
+
+/// The ASCII digits `text` starts with.
+fn leading_digits(text: &str) -> &str {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    &text[..end]
 }
 
 /// The hop's statements: what each does, its text as the extension records it, and
@@ -198,8 +216,19 @@ mod tests {
             as_recorded("SELECT seq FROM q WHERE seq > $1 LIMIT 10 FOR UPDATE"),
             "SELECT seq FROM q WHERE seq > $1 LIMIT $2 FOR UPDATE"
         );
-        assert_eq!(as_recorded("SELECT 1 LIMIT 50"), "SELECT 1 LIMIT $1");
-        assert_eq!(as_recorded("SELECT 1 LIMIT $1"), "SELECT 1 LIMIT $1");
+        assert_eq!(
+            as_recorded("SELECT x FROM t LIMIT 50"),
+            "SELECT x FROM t LIMIT $1"
+        );
+        assert_eq!(
+            as_recorded("SELECT x FROM t LIMIT $1"),
+            "SELECT x FROM t LIMIT $1"
+        );
+        assert_eq!(
+            as_recorded("SELECT $10, $2 FROM t WHERE a IN (SELECT a LIMIT 3) LIMIT 7"),
+            "SELECT $10, $2 FROM t WHERE a IN (SELECT a LIMIT $11) LIMIT $12"
+        );
+        assert_eq!(as_recorded("SELECT NOLIMIT 5"), "SELECT NOLIMIT 5");
         assert_eq!(
             as_recorded("INSERT INTO t SELECT $1"),
             "INSERT INTO t SELECT $1"

@@ -591,6 +591,8 @@ mod tests {
         assert_eq!(format_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = UNIX_EPOCH + Duration::from_millis(951_825_599_999);
         assert_eq!(format_rfc3339(leap), "2000-02-29T11:59:59.999Z");
+        let last = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+        assert_eq!(format_rfc3339(last), "9999-12-31T23:59:59.999Z");
         let far = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
         assert_eq!(format_rfc3339(far), "10000-01-01T00:00:00.000Z");
         let before = UNIX_EPOCH - Duration::from_secs(1);

@@ -405,7 +405,9 @@ impl Pump {
     /// each side. Only a full batch chains; after a short one the worker may go idle, and
     /// an idle worker holds no transaction. A chain ends after [`CHAIN_LIMIT`], so the
     /// server can report the table statistics autovacuum needs.
-    /// `statement` is the receive whose limit is `batch_size`.
+    ///
+    /// `statement` is the receive whose limit is `batch_size`: the chain and the position
+    /// rely on a batch of `batch_size` meaning the statement was not short.
     async fn receive_up_to(
         &self,
         statement: &str,
@@ -413,6 +415,10 @@ impl Pump {
         batch_size: usize,
         mut chain: Option<&mut Option<OpenTx>>,
     ) -> Result<BatchOutcome> {
+        debug_assert!(
+            statement.contains(&format!("LIMIT {batch_size}\n")),
+            "the receive's limit is not {batch_size}"
+        );
         let held = chain.as_mut().and_then(|held| held.take());
         let begun = held.is_some();
         let tx = match held {
