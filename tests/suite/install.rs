@@ -100,16 +100,21 @@ async fn the_installer_sets_churn_friendly_autovacuum_with_index_cleanup() {
     assert_eq!(indexes, 3, "primary key, due time and saga id");
 }
 
-/// The plan of `statement` prepared as a generic plan, one line per plan node.
-async fn generic_plan(client: &Client, statement: &str, params: &str) -> String {
+/// Prepares `statement` as `hot`, alone on `client`, with `plan_cache_mode` set to `mode`.
+async fn prepare_hot(client: &Client, mode: &str, statement: &str) {
     client
-        .batch_execute("SET plan_cache_mode = force_generic_plan; DEALLOCATE ALL")
+        .batch_execute(&format!("SET plan_cache_mode = {mode}; DEALLOCATE ALL"))
         .await
         .unwrap();
     client
         .batch_execute(&format!("PREPARE hot AS {statement}"))
         .await
         .unwrap_or_else(|e| panic!("prepare {statement}: {e:?}"));
+}
+
+/// The plan of `statement` prepared as a generic plan, one line per plan node.
+async fn generic_plan(client: &Client, statement: &str, params: &str) -> String {
+    prepare_hot(client, "force_generic_plan", statement).await;
     let rows = client
         .query(&format!("EXPLAIN EXECUTE hot{params}"), &[])
         .await
@@ -141,7 +146,7 @@ async fn hot_statements_have_no_sequential_scan_of_a_queue_in_their_generic_plan
 
     let statements = sql::QueueStatements::new(&tables, 10);
     let cases = [
-        ("receive", statements.receive.clone(), "(0)".to_owned()),
+        ("receive", statements.receive.sql.clone(), "(0)".to_owned()),
         (
             "send",
             statements.insert.clone(),
@@ -180,31 +185,24 @@ async fn hot_statements_have_no_sequential_scan_of_a_queue_in_their_generic_plan
 /// How many of `runs` executions of `statement` (prepared, with `params`) used the
 /// generic plan, as `pg_prepared_statements` counts them, under the default plan cache mode.
 async fn generic_runs(client: &Client, statement: &str, params: &str, runs: usize) -> i64 {
-    client
-        .batch_execute("RESET plan_cache_mode; DEALLOCATE ALL")
-        .await
-        .unwrap();
-    client
-        .batch_execute(&format!("PREPARE settled AS {statement}"))
-        .await
-        .unwrap_or_else(|e| panic!("prepare {statement}: {e:?}"));
+    prepare_hot(client, "auto", statement).await;
     // Inside a transaction that rolls back, so the queue keeps its rows for every run.
     client.batch_execute("BEGIN").await.unwrap();
     for _ in 0..runs {
         client
-            .batch_execute(&format!("EXECUTE settled{params}"))
+            .batch_execute(&format!("EXECUTE hot{params}"))
             .await
             .unwrap();
     }
     client.batch_execute("ROLLBACK").await.unwrap();
     let row = client
         .query_one(
-            "SELECT generic_plans FROM pg_prepared_statements WHERE name = 'settled'",
+            "SELECT generic_plans FROM pg_prepared_statements WHERE name = 'hot'",
             &[],
         )
         .await
         .unwrap();
-    client.batch_execute("DEALLOCATE settled").await.unwrap();
+    client.batch_execute("DEALLOCATE hot").await.unwrap();
     row.get(0)
 }
 
@@ -227,7 +225,7 @@ async fn the_receive_settles_on_its_generic_plan_instead_of_planning_every_run()
     // the generic plan unless that one looks dearer.
     for batch in [1, 10, 50] {
         let statements = sql::QueueStatements::new(&name.tables(), batch);
-        let generic = generic_runs(&client, &statements.receive, "(0)", 10).await;
+        let generic = generic_runs(&client, &statements.receive.sql, "(0)", 10).await;
         assert_eq!(
             generic, 5,
             "batch {batch}: the last five of ten runs are generic"
@@ -237,6 +235,7 @@ async fn the_receive_settles_on_its_generic_plan_instead_of_planning_every_run()
     // The check can fail: with the limit as a parameter, every run is planned again.
     let with_parameter = sql::QueueStatements::new(&name.tables(), 10)
         .receive
+        .sql
         .replace("LIMIT 10", "LIMIT $2");
     let generic = generic_runs(&client, &with_parameter, "(0, 10)", 10).await;
     assert_eq!(

@@ -405,7 +405,8 @@ async fn timing_a_receive_after_200000_deletes_stays_near_its_speed_on_a_fresh_t
         &transport_pg::EndpointName::new("churned").unwrap().tables(),
         10,
     )
-    .receive;
+    .receive
+    .sql;
     let fill = |n: i64| {
         format!(
             "INSERT INTO bus.churned_queue (message_id, headers, body) \

@@ -475,7 +475,7 @@ async fn hop_counts(server: &Server, db: &str) -> Result<Vec<EndpointHops>> {
         let endpoint = EndpointName::new(name).map_err(Error::transport("endpoint name"))?;
         let statements = QueueStatements::new(&endpoint.tables(), 1);
         let (receive, take) = (
-            normalize(&as_recorded(&statements.receive)),
+            normalize(&as_recorded(&statements.receive.sql)),
             normalize(&statements.take_seqs),
         );
         let mut count = EndpointHops {

@@ -48,7 +48,7 @@ fn substitute(text: &str, pairs: &[(&str, &str)]) -> Result<String> {
 /// The ceiling script for the batch size `statements` receive at (the limit is in the
 /// receive's text); the sends' arrays are in its variables ([`ceiling_variables`]).
 pub fn ceiling_script(statements: &QueueStatements) -> Result<String> {
-    let receive = substitute(&statements.receive, &[("$1", "seq")])?;
+    let receive = substitute(&statements.receive.sql, &[("$1", "seq")])?;
     let insert = substitute(
         &statements.insert,
         &[("$1", "ids"), ("$2", "hs"), ("$3", "bs")],
@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn ceiling_script_keeps_the_statements_and_only_renames_placeholders() {
         let script = ceiling_script(&statements()).unwrap();
-        let receive = statements().receive.replace("$1", ":seq");
+        let receive = statements().receive.sql.replace("$1", ":seq");
         assert!(receive.contains("LIMIT 10"));
         assert!(script.contains(&receive));
         assert_eq!(script.matches("\\aset").count(), HOPS_PER_SCRIPT);

@@ -72,12 +72,16 @@ pub fn as_recorded(statement: &str) -> String {
             .is_some_and(|c| c.is_alphanumeric() || c == '_');
         let (before, after) = rest.split_at(at + "LIMIT ".len());
         out.push_str(before);
-        let digits = leading_digits(after).len();
-        if keyword && digits > 0 {
+        let digits = if keyword {
+            leading_digits(after).len()
+        } else {
+            0
+        };
+        if digits > 0 {
             out.push_str(&format!("${next}"));
             next += 1;
         }
-        rest = &after[if keyword { digits } else { 0 }..];
+        rest = &after[digits..];
     }
     out.push_str(rest);
     out
@@ -96,7 +100,7 @@ fn leading_digits(text: &str) -> &str {
 fn hop_statements(statements: &QueueStatements) -> Vec<(&'static str, String, bool)> {
     vec![
         ("begin", "BEGIN".to_owned(), true),
-        ("receive n", as_recorded(&statements.receive), false),
+        ("receive n", as_recorded(&statements.receive.sql), false),
         ("send n", statements.insert.clone(), false),
         ("commit", "COMMIT".to_owned(), true),
     ]

@@ -35,7 +35,7 @@ use crate::panic_location;
 use crate::pipeline::Pipeline;
 use crate::recoverability::{NextStep, RetryPolicy, Throttle};
 use crate::send::{Delivery, Origin, Outgoing, Written, write_outgoing};
-use crate::sql::{self, QueueStatements};
+use crate::sql::{self, QueueStatements, Receive};
 use crate::wakeup::Notifier;
 
 /// How the pump takes and retries messages.
@@ -393,32 +393,24 @@ impl Pump {
         position: i64,
         held: &mut Option<OpenTx>,
     ) -> Result<BatchOutcome> {
-        let statement = &self.statements.receive;
-        self.receive_up_to(statement, position, self.config.batch_size, Some(held))
+        self.receive_up_to(&self.statements.receive, position, Some(held))
             .await
     }
 
-    /// Takes up to `batch_size` after `position`, as [`receive_batch`](Self::receive_batch)
-    /// does. With `chain`, a batch that commits sends the next BEGIN with its COMMIT and
-    /// leaves the connection in `chain` for the next receive: one statement fewer per
-    /// batch, and PostgreSQL flushes its socket once per statement, so one write fewer on
-    /// each side. Only a full batch chains; after a short one the worker may go idle, and
-    /// an idle worker holds no transaction. A chain ends after [`CHAIN_LIMIT`], so the
-    /// server can report the table statistics autovacuum needs.
-    ///
-    /// `statement` is the receive whose limit is `batch_size`: the chain and the position
-    /// rely on a batch of `batch_size` meaning the statement was not short.
+    /// Takes up to `statement`'s limit after `position`, as
+    /// [`receive_batch`](Self::receive_batch) does. With `chain`, a batch that commits
+    /// sends the next BEGIN with its COMMIT and leaves the connection in `chain` for the
+    /// next receive: one statement fewer per batch, and PostgreSQL flushes its socket once
+    /// per statement, so one write fewer on each side. Only a full batch chains; after a
+    /// short one the worker may go idle, and an idle worker holds no transaction. A chain
+    /// ends after [`CHAIN_LIMIT`], so the server can report the table statistics
+    /// autovacuum needs.
     async fn receive_up_to(
         &self,
-        statement: &str,
+        statement: &Receive,
         position: i64,
-        batch_size: usize,
         mut chain: Option<&mut Option<OpenTx>>,
     ) -> Result<BatchOutcome> {
-        debug_assert!(
-            statement.contains(&format!("LIMIT {batch_size}\n")),
-            "the receive's limit is not {batch_size}"
-        );
         let held = chain.as_mut().and_then(|held| held.take());
         let begun = held.is_some();
         let tx = match held {
@@ -427,7 +419,7 @@ impl Pump {
         };
         let receive = tx
             .client()
-            .prepare_cached(statement)
+            .prepare_cached(&statement.sql)
             .await
             .map_err(Error::db(format!("prepare receive for {}", self.endpoint)))?;
 
@@ -458,7 +450,7 @@ impl Pump {
         let taken = batch.len();
         let last_seq = batch.iter().map(|(r, _)| r.seq).max().unwrap_or(position);
         let seqs: Vec<i64> = batch.iter().map(|(r, _)| r.seq).collect();
-        let chain = chain.filter(|_| taken == batch_size && tx.may_chain());
+        let chain = chain.filter(|_| taken == statement.limit && tx.may_chain());
 
         match self.run_pipelined(&tx, batch, chain.is_some()).await {
             Ok(written) => {
@@ -497,8 +489,9 @@ impl Pump {
                 last_seq: position,
             });
         }
-        let statement = &self.statements.receive_one;
-        let outcome = self.receive_up_to(statement, position, 1, None).await?;
+        let outcome = self
+            .receive_up_to(&self.statements.receive_one, position, None)
+            .await?;
         if outcome.taken > 0 && self.throttle.is_active() {
             tokio::time::sleep(self.throttle.pause).await;
         }

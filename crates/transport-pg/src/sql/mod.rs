@@ -10,7 +10,7 @@ pub mod subscription;
 
 use crate::name::{EndpointName, QueueTables};
 
-pub use queue::QueueStatements;
+pub use queue::{QueueStatements, Receive};
 
 /// Whether the endpoint is registered at some installer version and both tables exist.
 /// `$1` endpoint name, `$2` queue relation name, `$3` delayed relation name.

@@ -7,9 +7,9 @@ use crate::name::QueueTables;
 #[derive(Debug, Clone)]
 pub struct QueueStatements {
     /// Takes up to a batch of messages after seq `$1`; see [`receive`].
-    pub receive: String,
+    pub receive: Receive,
     /// Takes one message after seq `$1`: the receive while the endpoint is throttled.
-    pub receive_one: String,
+    pub receive_one: Receive,
     /// Inserts messages; see [`insert`].
     pub insert: String,
     /// Takes the rows with the seqs in `$1`, if still there and not locked.
@@ -31,13 +31,37 @@ impl QueueStatements {
     /// such a size before any statement is built.
     pub fn new(tables: &QueueTables, batch_size: usize) -> Self {
         QueueStatements {
-            receive: receive(&tables.queue, batch_size),
-            receive_one: receive(&tables.queue, 1),
+            receive: Receive::new(&tables.queue, batch_size),
+            receive_one: Receive::new(&tables.queue, 1),
             insert: insert(&tables.queue),
             take_seqs: take_seqs(&tables.queue),
             claim_next: claim_next(&tables.queue),
             move_due: super::delayed::move_due(&tables.delayed, &tables.queue),
             next_due_ms: super::delayed::next_due_ms(&tables.delayed),
+        }
+    }
+}
+
+/// A receive statement with the limit written into it, kept together so that a caller
+/// that needs to know whether a receive came back short has the number it asked for.
+#[derive(Debug, Clone)]
+pub struct Receive {
+    /// The statement; see [`receive`].
+    pub sql: String,
+    /// The most messages it takes.
+    pub limit: usize,
+}
+
+impl Receive {
+    /// The receive of up to `limit` messages from `queue`.
+    ///
+    /// # Panics
+    ///
+    /// When `limit` is outside 1 to [`MAX_BATCH_SIZE`], as [`receive`] does.
+    pub fn new(queue: &str, limit: usize) -> Self {
+        Receive {
+            sql: receive(queue, limit),
+            limit,
         }
     }
 }
