@@ -100,6 +100,19 @@ async fn the_installer_sets_churn_friendly_autovacuum_with_index_cleanup() {
     assert_eq!(indexes, 3, "primary key, due time and saga id");
 }
 
+/// Gives `name`'s queue what a plan is judged on: 20,000 rows and fresh statistics.
+async fn fill_realistically(client: &Client, name: &EndpointName) {
+    let queue = name.tables().queue;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {queue} (message_id, headers, body) \
+             SELECT gen_random_uuid(), '{{\"message_type\": \"t.T\"}}', '\\x80' \
+             FROM generate_series(1, 20000); ANALYZE {queue}"
+        ))
+        .await
+        .unwrap();
+}
+
 /// Prepares `statement` as `hot`, alone on `client`, with `plan_cache_mode` set to `mode`.
 async fn prepare_hot(client: &Client, mode: &str, statement: &str) {
     client
@@ -134,15 +147,7 @@ async fn hot_statements_have_no_sequential_scan_of_a_queue_in_their_generic_plan
     install_endpoint(&mut client, &name).await.unwrap();
     let tables = name.tables();
 
-    // A realistic table: enough rows and fresh statistics.
-    client
-        .batch_execute(
-            "INSERT INTO bus.planned_queue (message_id, headers, body) \
-             SELECT gen_random_uuid(), '{\"message_type\": \"t.T\"}', '\\x80' \
-             FROM generate_series(1, 20000); ANALYZE bus.planned_queue",
-        )
-        .await
-        .unwrap();
+    fill_realistically(&client, &name).await;
 
     let statements = sql::QueueStatements::new(&tables, 10);
     let cases = [
@@ -212,14 +217,7 @@ async fn the_receive_settles_on_its_generic_plan_instead_of_planning_every_run()
     let mut client = db.database().connect("test").await.unwrap();
     let name = EndpointName::new("settling").unwrap();
     install_endpoint(&mut client, &name).await.unwrap();
-    client
-        .batch_execute(
-            "INSERT INTO bus.settling_queue (message_id, headers, body) \
-             SELECT gen_random_uuid(), '{\"message_type\": \"t.T\"}', '\\x80' \
-             FROM generate_series(1, 20000); ANALYZE bus.settling_queue",
-        )
-        .await
-        .unwrap();
+    fill_realistically(&client, &name).await;
 
     // PostgreSQL plans a prepared statement afresh for its first five runs, then keeps
     // the generic plan unless that one looks dearer.
