@@ -176,3 +176,48 @@ async fn timing_a_killed_listener_costs_at_most_the_poll_and_then_wake_ups_resum
         "wake-ups resumed: p50 {p50:?}"
     );
 }
+
+/// Transactions rolled back in the test's database, once every backend has reported (an
+/// idle backend reports within about a second): a receive that finds nothing rolls back,
+/// and nothing else in these tests does.
+async fn rollbacks(db: &TestDb) -> i64 {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    db.count("SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timing_a_message_after_a_gap_costs_one_empty_receive_not_a_herd_of_probes() {
+    let _serial = TIMING.lock().await;
+    let db = TestDb::new().await;
+    let (endpoint, sender, mut started) = start_pinger(&db, true).await;
+    for n in 0..30 {
+        ping(&sender, &mut started, n, Duration::from_secs(5)).await;
+    }
+
+    // Four workers at batch 1, a message every 30 ms: the worker that takes one probes
+    // once more (a full batch may have more behind it) and then waits for the next
+    // wake-up. Waking a second worker after every message, or polling from 1 ms, costs
+    // several empty receives a message.
+    let messages = 50;
+    let before = rollbacks(&db).await;
+    let started_at = Instant::now();
+    for n in 100..100 + messages {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        ping(&sender, &mut started, n, Duration::from_secs(5)).await;
+    }
+    let after = rollbacks(&db).await;
+    let elapsed = started_at.elapsed();
+    endpoint.shutdown(Duration::from_secs(5)).await;
+
+    // The idle poll (from 250 ms up to a second, four workers) adds a few a second.
+    let per_message = (after - before) as f64 / f64::from(messages);
+    println!(
+        "{} empty receives over {messages} messages in {elapsed:?}: {per_message:.1} a message",
+        after - before
+    );
+    assert!(
+        per_message <= 3.0,
+        "{per_message:.1} empty receives a message; expected at most 3"
+    );
+}

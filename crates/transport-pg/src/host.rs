@@ -270,6 +270,10 @@ impl EndpointBuilder {
             throttle: Throttle::new(self.config.throttle_after, self.config.throttle_pause),
             outage: outage.clone(),
             work: tokio::sync::Notify::new(),
+            listening: wakeups
+                .as_ref()
+                .map(|w| w.listening.clone())
+                .unwrap_or_default(),
         });
 
         // Without a listener the wake channel never changes, and workers poll.

@@ -51,7 +51,8 @@ pub struct PumpConfig {
     pub throttle_after: u32,
     /// The pause between messages while throttled.
     pub throttle_pause: Duration,
-    /// The longest idle poll interval; the back-off doubles up to it from 1 ms.
+    /// The longest idle poll interval; the back-off doubles up to it from 1 ms, or from
+    /// 250 ms while the wake-up listener listens.
     pub idle_poll_max: Duration,
 }
 
@@ -67,6 +68,21 @@ impl Default for PumpConfig {
         }
     }
 }
+
+/// The first idle poll after a batch when nothing listens for wake-ups: the poll is all
+/// there is, so it starts short and doubles up to `idle_poll_max`.
+const POLLING_FIRST_POLL: Duration = Duration::from_millis(1);
+
+/// The first idle poll after a batch while the listener listens. Every commit to the queue
+/// is followed by a notification within milliseconds, so the poll only bounds what a lost
+/// one costs; starting it at 1 ms here made every handled message cost about two empty
+/// receives (BEGIN, the receive and ROLLBACK each) on an endpoint with gaps in its traffic.
+const LISTENING_FIRST_POLL: Duration = Duration::from_millis(250);
+
+/// Full batches in a row after which a batch-1 worker wakes another: one message says
+/// little about what is behind it, and on a queue with gaps in its traffic waking a second
+/// worker after every message only adds an empty receive.
+const FULL_RUN_AT_BATCH_ONE: u32 = 2;
 
 /// The receive position is forgotten at least this often, because a row with a lower seq
 /// can commit after a higher one, or come back after a rollback.
@@ -99,6 +115,9 @@ pub(crate) struct Pump {
     /// full, since more may be waiting. Waking one at a time, rather than every idle
     /// worker at each notification, spares the server a herd of empty receives.
     pub work: tokio::sync::Notify,
+    /// Whether the endpoint's wake-up listener is listening (always false without
+    /// wake-ups); while it is, the idle poll starts at [`LISTENING_FIRST_POLL`].
+    pub listening: Arc<AtomicBool>,
 }
 
 /// Whether the pump is still in the careful mode it starts in, and the run of successes
@@ -292,8 +311,16 @@ impl Pump {
 
     /// Runs one worker until `stop` turns true; an in-flight batch is finished first.
     pub async fn run_worker(self: Arc<Self>, worker: usize, mut stop: watch::Receiver<bool>) {
-        let min_idle = Duration::from_millis(1);
-        let mut idle = min_idle;
+        let first_poll = || {
+            let first = if self.listening.load(Ordering::Relaxed) {
+                LISTENING_FIRST_POLL
+            } else {
+                POLLING_FIRST_POLL
+            };
+            first.min(self.config.idle_poll_max)
+        };
+        let mut idle = first_poll();
+        let mut full_run = 0u32;
         let mut position = 0i64;
         let mut last_reset = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -333,16 +360,27 @@ impl Pump {
                     } else {
                         self.config.batch_size
                     };
-                    if outcome.taken < asked {
-                        position = 0;
-                        last_reset = Instant::now();
-                    } else {
+                    if outcome.taken == asked {
+                        // More may be waiting: take the next batch at once, and share the
+                        // backlog with one more worker once it looks like one.
                         position = outcome.last_seq;
-                        self.work.notify_one();
-                    }
-                    if outcome.taken > 0 {
-                        idle = min_idle;
+                        full_run += 1;
+                        let evidence = if asked == 1 { FULL_RUN_AT_BATCH_ONE } else { 1 };
+                        if full_run >= evidence {
+                            self.work.notify_one();
+                        }
+                        idle = first_poll();
                         continue;
+                    }
+
+                    // A short batch emptied what this worker could see. Whatever commits
+                    // after its receive sends a wake-up (one that came while the batch ran
+                    // left a permit), so it waits rather than probing again at once.
+                    position = 0;
+                    last_reset = Instant::now();
+                    full_run = 0;
+                    if outcome.taken > 0 {
+                        idle = first_poll();
                     }
                 }
                 Err(error) => {
@@ -371,7 +409,7 @@ impl Pump {
             tokio::select! {
                 _ = self.work.notified() => {
                     position = 0;
-                    idle = min_idle;
+                    idle = first_poll();
                 }
                 _ = tokio::time::sleep(idle) => {
                     idle = (idle * 2).min(self.config.idle_poll_max);

@@ -13,6 +13,7 @@
 //! message.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -254,6 +255,10 @@ pub struct Wakeups {
     pub queue: watch::Receiver<u64>,
     /// Bumped for each notification about the delayed table (and after each reconnect).
     pub delayed: watch::Receiver<u64>,
+    /// True while the listener's LISTEN is in place: then a commit to the queue wakes a
+    /// receiver within milliseconds, and the receivers' poll is only the fallback for a
+    /// lost notification.
+    pub listening: Arc<AtomicBool>,
 }
 
 /// Keeps one dedicated connection listening on the endpoint's channel and reconnects
@@ -271,21 +276,40 @@ impl WakeupListener {
     ) -> Wakeups {
         let (queue_tx, queue) = watch::channel(0u64);
         let (delayed_tx, delayed) = watch::channel(0u64);
-        tokio::spawn(run_listener(
-            db, endpoint, queue_tx, delayed_tx, stop, outage,
-        ));
-        Wakeups { queue, delayed }
+        let listening = Arc::new(AtomicBool::new(false));
+        let senders = Senders {
+            queue: queue_tx,
+            delayed: delayed_tx,
+            listening: listening.clone(),
+        };
+        tokio::spawn(run_listener(db, endpoint, senders, stop, outage));
+        Wakeups {
+            queue,
+            delayed,
+            listening,
+        }
     }
+}
+
+/// The listener's side of [`Wakeups`].
+struct Senders {
+    queue: watch::Sender<u64>,
+    delayed: watch::Sender<u64>,
+    listening: Arc<AtomicBool>,
 }
 
 async fn run_listener(
     db: Database,
     endpoint: EndpointName,
-    queue: watch::Sender<u64>,
-    delayed: watch::Sender<u64>,
+    senders: Senders,
     mut stop: watch::Receiver<bool>,
     outage: Outage,
 ) {
+    let Senders {
+        queue,
+        delayed,
+        listening,
+    } = senders;
     let channel = channel(&endpoint);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -321,6 +345,7 @@ async fn run_listener(
         debug!(endpoint = %endpoint, channel, "listening for wake-ups");
 
         // Anything sent while we were not listening was missed: receive everything.
+        listening.store(true, Ordering::Relaxed);
         bump(&queue);
         bump(&delayed);
 
@@ -330,6 +355,7 @@ async fn run_listener(
                     Some(n) if n.payload() == DELAYED_PAYLOAD => bump(&delayed),
                     Some(_) => bump(&queue),
                     None => {
+                        listening.store(false, Ordering::Relaxed);
                         outage.lost("listener", "listener connection lost");
                         debug!(endpoint = %endpoint, "listener connection lost; reconnecting");
                         break;
