@@ -21,11 +21,13 @@ FROM sales.orders
 WHERE order_id = $1
 FOR UPDATE";
 
-/// Moves an order to a new status (the caller checked the move is allowed).
-pub const ORDER_SET_STATUS: &str = "\
+/// Moves an order to status `$2` if it is in one of the statuses `$3`, the ones that may
+/// move there; the row's lock orders two events for one order as the SELECT FOR UPDATE
+/// does, and the second re-checks the status the first left.
+pub const ORDER_ADVANCE: &str = "\
 UPDATE sales.orders
 SET status = $2, updated_at = now()
-WHERE order_id = $1";
+WHERE order_id = $1 AND status = ANY($3)";
 
 /// Cancels an order with its reason.
 pub const ORDER_CANCEL: &str = "\

@@ -23,6 +23,15 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Every status.
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Placed,
+        OrderStatus::Billed,
+        OrderStatus::PaymentFailed,
+        OrderStatus::Cancelled,
+        OrderStatus::Shipped,
+    ];
+
     /// The name stored in `sales.orders.status`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -64,6 +73,16 @@ impl OrderStatus {
                 | (PaymentFailed, Cancelled)
         )
     }
+
+    /// The names of the statuses that may move to `next`, for an update that checks the
+    /// rule in the statement itself.
+    pub fn names_that_can_become(next: OrderStatus) -> Vec<&'static str> {
+        OrderStatus::ALL
+            .into_iter()
+            .filter(|from| from.can_become(next))
+            .map(OrderStatus::as_str)
+            .collect()
+    }
 }
 
 impl fmt::Display for OrderStatus {
@@ -77,7 +96,7 @@ mod tests {
     use super::OrderStatus::*;
     use super::*;
 
-    const ALL: [OrderStatus; 5] = [Placed, Billed, PaymentFailed, Cancelled, Shipped];
+    const ALL: [OrderStatus; 5] = OrderStatus::ALL;
 
     #[test]
     fn names_round_trip() {
@@ -111,5 +130,19 @@ mod tests {
         for status in ALL {
             assert!(!status.can_become(status));
         }
+    }
+
+    #[test]
+    fn the_names_that_can_become_a_status_follow_the_rule() {
+        assert_eq!(
+            OrderStatus::names_that_can_become(Shipped),
+            ["placed", "billed"]
+        );
+        assert_eq!(OrderStatus::names_that_can_become(Billed), ["placed"]);
+        assert_eq!(
+            OrderStatus::names_that_can_become(Cancelled),
+            ["placed", "billed", "payment_failed"]
+        );
+        assert!(OrderStatus::names_that_can_become(Placed).is_empty());
     }
 }
