@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tokio_postgres::Statement;
 use tracing::debug;
 
 use crate::connect::Database;
@@ -27,6 +28,9 @@ use crate::outage::{Backoff, Outage};
 
 /// The shortest gap between two notifications to one destination.
 pub const COALESCE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// One notification per element: `$1` channels, `$2` payloads.
+const NOTIFY_SQL: &str = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS u(c, p)";
 
 /// Payload of a notification about a delayed-table insert, for the due-message mover.
 pub const DELAYED_PAYLOAD: &str = "delayed";
@@ -114,10 +118,7 @@ impl Notifier {
         let channels: Vec<&str> = marked.iter().map(|(c, _)| c.as_str()).collect();
         let payloads: Vec<&str> = marked.iter().map(|(_, p)| *p).collect();
         client
-            .execute(
-                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS u(c, p)",
-                &[&channels, &payloads],
-            )
+            .execute(NOTIFY_SQL, &[&channels, &payloads])
             .await
             .map_err(crate::error::Error::db("flush notifications"))?;
         Ok(())
@@ -131,7 +132,7 @@ impl Notifier {
 /// busy destination costs one wake-up and one notification per [`COALESCE_INTERVAL`],
 /// however many commits mark it.
 async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outage: Outage) {
-    let mut client: Option<tokio_postgres::Client> = None;
+    let mut client: Option<(tokio_postgres::Client, Statement)> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut last_sent: BTreeMap<Key, Instant> = BTreeMap::new();
 
@@ -158,7 +159,7 @@ async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outag
 
         // A connection the server closed (a restart, pg_terminate_backend) is noticed
         // here, within a second even when idle, so its outage is counted with the rest.
-        if client.as_ref().is_some_and(|c| c.is_closed()) {
+        if client.as_ref().is_some_and(|(c, _)| c.is_closed()) {
             outage.lost("notifier", "notifier connection closed");
             client = None;
         }
@@ -189,14 +190,8 @@ async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outag
 
         let channels: Vec<&str> = ready.iter().map(|((c, _), _)| c.as_str()).collect();
         let payloads: Vec<&str> = ready.iter().map(|((_, p), _)| *p).collect();
-        let sent = client
-            .as_ref()
-            .expect("connected above")
-            .execute(
-                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS u(c, p)",
-                &[&channels, &payloads],
-            )
-            .await;
+        let (connection, notify) = client.as_ref().expect("connected above");
+        let sent = connection.execute(notify, &[&channels, &payloads]).await;
         match sent {
             Ok(_) => {
                 let mut pending = shared.pending.lock().expect("notifier lock poisoned");
@@ -228,13 +223,19 @@ async fn run_notifier(db: Database, weak: std::sync::Weak<NotifierShared>, outag
     }
 }
 
-async fn connect_notifier(db: &Database) -> Option<tokio_postgres::Client> {
+/// The notifier's connection, with its statement prepared once: sent as text, it would be
+/// parsed and planned again for every notification.
+async fn connect_notifier(db: &Database) -> Option<(tokio_postgres::Client, Statement)> {
     match db.connect("notifier").await {
         Ok(client) => {
             // A notification is a hint; losing one in a crash costs latency only, so its
             // tiny transactions need not wait for the WAL flush.
-            match client.batch_execute("SET synchronous_commit = off").await {
-                Ok(()) => Some(client),
+            let set_up = async {
+                client.batch_execute("SET synchronous_commit = off").await?;
+                client.prepare(NOTIFY_SQL).await
+            };
+            match set_up.await {
+                Ok(notify) => Some((client, notify)),
                 Err(error) => {
                     debug!(%error, "notifier set-up failed");
                     None
