@@ -278,7 +278,7 @@ async fn drive(
     let (sales, _) =
         start_endpoint(bin_dir, work_dir, "sales", &url, gateway_url, plan.batch, 1).await?;
     processes.endpoints.insert(0, ("sales".to_owned(), sales));
-    wait_shipped(&client, "bench-flow-%", orders, processes).await?;
+    wait_shipped(&client, orders, processes).await?;
     let after = hop_counts(server, db).await?;
     // Backends report their transaction counts at most once a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -301,7 +301,7 @@ async fn drive(
     let orders_per_s = orders as f64 / seconds;
     let latency_rate = (orders_per_s / 4.0).clamp(5.0, 100.0);
     let latency_orders = latency_run(&database, latency_rate, plan.latency_seconds).await?;
-    wait_shipped(&client, "bench-lat-%", latency_orders, processes).await?;
+    wait_shipped(&client, orders + latency_orders, processes).await?;
     let latencies = latencies(&client).await?;
 
     let (verified, verify) = verify(bin_dir, work_dir, &url).await?;
@@ -401,13 +401,11 @@ async fn latencies(client: &Client) -> Result<Vec<f64>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Waits until `count` orders of the runs matching `pattern` are shipped.
-async fn wait_shipped(
-    client: &Client,
-    pattern: &str,
-    count: usize,
-    processes: &mut Processes,
-) -> Result<()> {
+/// Waits until `count` orders in the (fresh) database are shipped. Every order the
+/// flow places is approved, so none ends otherwise. The poll runs every 100 ms during the
+/// measured backlog, so it counts one table without a join: the count through
+/// retail.orders cost the server about 26 ms a call, several per cent of its CPU.
+async fn wait_shipped(client: &Client, count: usize, processes: &mut Processes) -> Result<()> {
     let started = Instant::now();
     loop {
         for (_, endpoint) in processes.endpoints.iter_mut() {
@@ -415,9 +413,8 @@ async fn wait_shipped(
         }
         let row = client
             .query_one(
-                "SELECT count(*) FROM sales.orders AS s JOIN retail.orders AS r \
-                 USING (order_id) WHERE r.run_id LIKE $1 AND s.status = 'shipped'",
-                &[&pattern],
+                "SELECT count(*) FROM sales.orders WHERE status = 'shipped'",
+                &[],
             )
             .await
             .map_err(Error::db("count shipped orders"))?;
@@ -426,7 +423,7 @@ async fn wait_shipped(
         }
         if started.elapsed() > FINISH_LIMIT {
             return Err(Error::Timeout(format!(
-                "fewer than {count} orders of {pattern} shipped within {} s",
+                "fewer than {count} orders shipped within {} s",
                 FINISH_LIMIT.as_secs()
             )));
         }
