@@ -252,6 +252,34 @@ async fn a_worker_that_is_never_idle_still_lets_the_server_report_its_deletes() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_received_behind_a_commit_is_back_in_the_queue_after_a_shutdown() {
+    // A busy worker sends its next receive behind each COMMIT, so at any moment it may
+    // hold ten messages taken in a transaction no handler has run in yet. Stopping it
+    // then must give them back: thirty messages circling stay thirty.
+    let db = TestDb::new().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let endpoint = start_steps(&db, calls.clone()).await;
+    send_together(&db, &vec![Step::Circle; 30]).await;
+    let circling = wait_until(Duration::from_secs(30), || async {
+        calls.load(Ordering::SeqCst) >= 500
+    })
+    .await;
+    assert!(circling, "the circle ran 500 messages");
+
+    endpoint.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM bus.steps_queue").await,
+        30,
+        "every circling message is back in the queue, once"
+    );
+    assert_eq!(
+        db.count("SELECT count(DISTINCT message_id) FROM bus.steps_queue")
+            .await,
+        30
+    );
+}
+
 /// Counts the steps endpoint `sink` receives, doing nothing else.
 struct Sunk {
     calls: Arc<AtomicU32>,

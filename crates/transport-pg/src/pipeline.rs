@@ -14,7 +14,8 @@
 //! without this module (see [`crate::receive`]).
 //!
 //! This module owns none of BEGIN, the receive or the retake; only what happens between
-//! the receive and the commit of a pipelined batch.
+//! the receive and the commit of a pipelined batch (the next batch's receive, when it is
+//! handed one, it only sends behind the COMMIT).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -230,14 +231,21 @@ impl<'c> Pipeline<'c> {
         });
     }
 
-    /// Writes the deferred sends and commits, then checks every answer; with
-    /// `begin_next`, the next transaction's BEGIN goes out with the COMMIT. COMMIT of a
-    /// transaction that a failed statement aborted answers like a rollback, not an error,
-    /// so it is not sent once a failure is known, and when a handler touched the
-    /// transaction it goes behind a RELEASE, which does fail in an aborted transaction
-    /// (a handler that swallowed its statement's error).
-    pub async fn commit(&self, begin_next: bool) -> Result<()> {
+    /// Writes the deferred sends and commits, then checks every answer. With `next`, the
+    /// next transaction's BEGIN goes out with the COMMIT, and `next` (the next batch's
+    /// receive) right behind them, before any answer is awaited: the server then has the
+    /// receive before it answers the commit, so a busy worker costs one round trip a
+    /// batch, not two, and neither side sleeps in between. `next`'s output is returned
+    /// when it was sent; it runs in the new transaction, so a caller that does not use
+    /// its rows (the commit failed) rolls them back with that transaction.
+    ///
+    /// COMMIT of a transaction that a failed statement aborted answers like a rollback,
+    /// not an error, so it is not sent once a failure is known, and when a handler
+    /// touched the transaction it goes behind a RELEASE, which does fail in an aborted
+    /// transaction (a handler that swallowed its statement's error).
+    pub async fn commit<F: Future>(&self, next: Option<F>) -> (Result<()>, Option<F::Output>) {
         self.write_sends();
+        let begin_next = next.is_some();
         let tail = {
             let state = self.state();
             match (state.failed.is_some(), state.savepoint_open, begin_next) {
@@ -248,9 +256,23 @@ impl<'c> Pipeline<'c> {
                 (false, false, false) => Some("COMMIT"),
             }
         };
-        if let Some(tail) = tail {
-            self.launch_simple(tail, "commit");
-        }
-        self.finish().await
+        let Some(tail) = tail else {
+            return (self.finish().await, None);
+        };
+        self.launch_simple(tail, "commit");
+
+        let mut next = next.map(Box::pin);
+        // Polled once to put its request on the connection behind the COMMIT; the waker
+        // is never used, as in `launch`.
+        let early = next
+            .as_mut()
+            .map(|next| next.as_mut().poll(&mut Context::from_waker(Waker::noop())));
+        let committed = self.finish().await;
+        let output = match (next, early) {
+            (_, Some(Poll::Ready(output))) => Some(output),
+            (Some(next), _) => Some(next.await),
+            (None, _) => None,
+        };
+        (committed, output)
     }
 }

@@ -21,6 +21,7 @@ use deadpool_postgres::{Object, Pool};
 use futures_util::FutureExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_postgres::Statement;
 use tracing::{debug, info, trace, warn};
 use uuid::Uuid;
 
@@ -174,6 +175,15 @@ enum Parsed {
 /// A message ready for its handler: headers, type name, handler, decoded value.
 type Ready = (Headers, String, Arc<dyn ErasedHandler>, Prepared);
 
+/// The receive to send behind a batch's COMMIT: the statement, and the seq to probe from.
+struct NextReceive<'s> {
+    statement: &'s Statement,
+    position: i64,
+}
+
+/// What a receive's query returned.
+type ReceiveResult = std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>;
+
 /// What one receive did.
 struct BatchOutcome {
     taken: usize,
@@ -188,6 +198,9 @@ struct OpenTx {
     client: Option<Object>,
     /// When this connection's chain of transactions began (see [`CHAIN_LIMIT`]).
     chained_since: Option<Instant>,
+    /// The rows of this transaction's receive, when it went out behind the previous
+    /// batch's COMMIT (see [`Pipeline::commit`]).
+    received: Option<Vec<tokio_postgres::Row>>,
 }
 
 impl OpenTx {
@@ -196,6 +209,7 @@ impl OpenTx {
         OpenTx {
             client: Some(client),
             chained_since: None,
+            received: None,
         }
     }
 
@@ -451,7 +465,7 @@ impl Pump {
     ) -> Result<BatchOutcome> {
         let held = chain.as_mut().and_then(|held| held.take());
         let begun = held.is_some();
-        let tx = match held {
+        let mut tx = match held {
             Some(tx) => tx,
             None => OpenTx::new(self.pool.get().await?),
         };
@@ -462,7 +476,9 @@ impl Pump {
             .map_err(Error::db(format!("prepare receive for {}", self.endpoint)))?;
 
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&position];
-        let rows = if begun {
+        let rows = if let Some(rows) = tx.received.take() {
+            Ok(rows)
+        } else if begun {
             tx.client().query(&receive, &params).await
         } else {
             // BEGIN and the receive in one round trip; `biased` polls in order, so the
@@ -489,18 +505,30 @@ impl Pump {
         let last_seq = batch.iter().map(|(r, _)| r.seq).max().unwrap_or(position);
         let seqs: Vec<i64> = batch.iter().map(|(r, _)| r.seq).collect();
         let chain = chain.filter(|_| taken == statement.limit && tx.may_chain());
+        let next = chain.is_some().then_some(NextReceive {
+            statement: &receive,
+            position: last_seq,
+        });
 
-        match self.run_pipelined(&tx, batch, chain.is_some()).await {
-            Ok(written) => {
-                match chain {
-                    Some(held) => {
-                        let mut tx = tx;
+        match self.run_pipelined(&tx, batch, next).await {
+            Ok((written, next_rows)) => {
+                self.wake(written);
+                match (chain, next_rows) {
+                    (Some(held), Some(Ok(rows))) => {
                         tx.chained_since.get_or_insert_with(Instant::now);
+                        tx.received = Some(rows);
                         *held = Some(tx);
                     }
-                    None => tx.finished(),
+                    (_, Some(Err(error))) => {
+                        // The batch is committed; the receive behind it failed in the
+                        // next transaction, which is ended here. The worker's next
+                        // receive starts afresh and reports a lasting problem.
+                        debug!(endpoint = %self.endpoint, error = %error,
+                            "receive sent behind a commit failed");
+                        let _ = tx.rollback().await;
+                    }
+                    _ => tx.finished(),
                 }
-                self.wake(written);
             }
             Err(PipelineError::Lost(error)) => return Err(error),
             Err(PipelineError::Failed(error)) => {
@@ -569,12 +597,15 @@ impl Pump {
     /// could read them, and a handler gets a savepoint only if it runs a statement. A
     /// failure anywhere fails the batch, which is then retaken one message at a time; a
     /// handler that returns an error is handled in place once the answers so far are in.
+    ///
+    /// With `next`, the next batch's receive goes out behind the COMMIT (see
+    /// [`Pipeline::commit`]), and its rows come back with the tables written.
     async fn run_pipelined(
         &self,
         tx: &OpenTx,
         batch: Vec<(Received, Parsed)>,
-        begin_next: bool,
-    ) -> Result<Vec<Written>, PipelineError> {
+        next: Option<NextReceive<'_>>,
+    ) -> Result<(Vec<Written>, Option<ReceiveResult>), PipelineError> {
         let client = tx.client();
         let pipeline = Pipeline::new(client);
         let mut written = Vec::new();
@@ -614,10 +645,14 @@ impl Pump {
                 }
             }
         }
-        pipeline.commit(begin_next).await?;
+        let position = next.as_ref().map_or(0, |next| next.position);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&position];
+        let next_receive = next.map(|next| client.query(next.statement, &params));
+        let (committed, next_rows) = pipeline.commit(next_receive).await;
+        committed?;
         // The handlers' sends went to the tables the pipeline prepared inserts for.
         written.extend(pipeline.tables_written());
-        Ok(written)
+        Ok((written, next_rows))
     }
 
     /// Takes the messages with `seqs` again (those still there) and runs them one at a
