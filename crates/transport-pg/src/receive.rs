@@ -181,6 +181,13 @@ struct NextReceive<'s> {
     position: i64,
 }
 
+/// A worker's chain of transactions: the connection whose next transaction is begun (and
+/// whose receive may be in), and when the worker last probed its queue from the start.
+struct Chain<'w> {
+    held: &'w mut Option<OpenTx>,
+    last_reset: &'w mut Instant,
+}
+
 /// What a receive's query returned.
 type ReceiveResult = std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>;
 
@@ -360,7 +367,11 @@ impl Pump {
             } else if throttled {
                 self.receive_throttled(position).await
             } else {
-                self.receive_batch(position, &mut held).await
+                let chain = Chain {
+                    held: &mut held,
+                    last_reset: &mut last_reset,
+                };
+                self.receive_batch(position, chain).await
             };
             match received {
                 Ok(outcome) => {
@@ -440,12 +451,8 @@ impl Pump {
     /// one at a time, unpipelined, so the failing one is isolated. `held` is a
     /// connection whose transaction is already begun, used instead of a new one; a full
     /// batch leaves one there again.
-    async fn receive_batch(
-        &self,
-        position: i64,
-        held: &mut Option<OpenTx>,
-    ) -> Result<BatchOutcome> {
-        self.receive_up_to(&self.statements.receive, position, Some(held))
+    async fn receive_batch(&self, position: i64, chain: Chain<'_>) -> Result<BatchOutcome> {
+        self.receive_up_to(&self.statements.receive, position, Some(chain))
             .await
     }
 
@@ -456,14 +463,16 @@ impl Pump {
     /// per statement, so one write fewer on each side. Only a full batch chains; after a
     /// short one the worker may go idle, and an idle worker holds no transaction. A chain
     /// ends after [`CHAIN_LIMIT`], so the server can report the table statistics
-    /// autovacuum needs.
+    /// autovacuum needs. The next batch's receive goes out behind the COMMIT, from this
+    /// batch's last seq, or from the start once [`POSITION_RESET_INTERVAL`] has passed
+    /// since the worker last probed from there.
     async fn receive_up_to(
         &self,
         statement: &Receive,
         position: i64,
-        mut chain: Option<&mut Option<OpenTx>>,
+        mut chain: Option<Chain<'_>>,
     ) -> Result<BatchOutcome> {
-        let held = chain.as_mut().and_then(|held| held.take());
+        let held = chain.as_mut().and_then(|chain| chain.held.take());
         let begun = held.is_some();
         let mut tx = match held {
             Some(tx) => tx,
@@ -504,20 +513,28 @@ impl Pump {
         let taken = batch.len();
         let last_seq = batch.iter().map(|(r, _)| r.seq).max().unwrap_or(position);
         let seqs: Vec<i64> = batch.iter().map(|(r, _)| r.seq).collect();
-        let chain = chain.filter(|_| taken == statement.limit && tx.may_chain());
-        let next = chain.is_some().then_some(NextReceive {
-            statement: &receive,
-            position: last_seq,
+        let mut chain = chain.filter(|_| taken == statement.limit && tx.may_chain());
+        let next = chain.as_mut().map(|chain| {
+            let position = if chain.last_reset.elapsed() >= POSITION_RESET_INTERVAL {
+                *chain.last_reset = Instant::now();
+                0
+            } else {
+                last_seq
+            };
+            NextReceive {
+                statement: &receive,
+                position,
+            }
         });
 
         match self.run_pipelined(&tx, batch, next).await {
             Ok((written, next_rows)) => {
                 self.wake(written);
                 match (chain, next_rows) {
-                    (Some(held), Some(Ok(rows))) => {
+                    (Some(chain), Some(Ok(rows))) => {
                         tx.chained_since.get_or_insert_with(Instant::now);
                         tx.received = Some(rows);
-                        *held = Some(tx);
+                        *chain.held = Some(tx);
                     }
                     (_, Some(Err(error))) => {
                         // The batch is committed; the receive behind it failed in the
