@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use message::{Message, MessageKind};
 use serde::{Deserialize, Serialize};
@@ -277,6 +277,63 @@ async fn a_batch_received_behind_a_commit_is_back_in_the_queue_after_a_shutdown(
         db.count("SELECT count(DISTINCT message_id) FROM bus.steps_queue")
             .await,
         30
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timing_a_row_committed_behind_a_busy_chain_is_found_within_the_position_reset() {
+    // A row can commit after rows with higher seqs. A worker that never goes idle probes
+    // from its last seq, so it finds such a row only when it probes from the start again,
+    // which it does every 100 ms even in the middle of a chain of full batches (without
+    // that, only when the chain ends, up to half a second later).
+    let _serial = TIMING.lock().await;
+    let db = TestDb::new().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let endpoint = start_steps(&db, calls.clone()).await;
+    send_together(&db, &vec![Step::Circle; 30]).await;
+    let circling = wait_until(Duration::from_secs(30), || async {
+        calls.load(Ordering::SeqCst) >= 200
+    })
+    .await;
+    assert!(circling, "the circle ran 200 messages");
+
+    let sender = transport_pg::Sender::builder(&db.database(), "late-client")
+        .route::<Step>("steps")
+        .expect("route")
+        .build()
+        .expect("sender");
+    let mut latencies = Vec::new();
+    for n in 0..10u32 {
+        let mut client = sender.pool().get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let mut outbox = sender.outbox();
+        let relay = Step::Relay {
+            n,
+            fail_first: false,
+        };
+        outbox.send(&relay).unwrap();
+        outbox.write(&tx).await.unwrap();
+        // Meanwhile the circle takes the worker's position past this row's seq.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tx.commit().await.unwrap();
+        let committed = Instant::now();
+        outbox.committed();
+
+        let relayed = wait_until(Duration::from_secs(5), || async {
+            db.count("SELECT count(*) FROM bus.sink_queue").await > i64::from(n)
+        })
+        .await;
+        assert!(relayed, "the late row {n} was handled");
+        latencies.push(committed.elapsed());
+    }
+    endpoint.shutdown(Duration::from_secs(5)).await;
+
+    latencies.sort();
+    println!("late rows found after {latencies:?}");
+    let ninth = latencies[8];
+    assert!(
+        ninth < Duration::from_millis(300),
+        "nine of ten late rows should be found within 300 ms; the ninth took {ninth:?}"
     );
 }
 

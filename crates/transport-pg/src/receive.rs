@@ -352,7 +352,10 @@ impl Pump {
         let mut held: Option<OpenTx> = None;
 
         while !*stop.borrow() {
-            if last_reset.elapsed() >= POSITION_RESET_INTERVAL {
+            // A receive already sent behind the last COMMIT took no position from here;
+            // the reset is left for the one sent behind the next (see `receive_up_to`).
+            let prefetched = held.as_ref().is_some_and(|tx| tx.received.is_some());
+            if !prefetched && last_reset.elapsed() >= POSITION_RESET_INTERVAL {
                 position = 0;
                 last_reset = Instant::now();
             }
