@@ -252,21 +252,27 @@ async fn a_worker_that_is_never_idle_still_lets_the_server_report_its_deletes() 
     );
 }
 
+/// Starts endpoint `steps` with thirty messages circling (every batch of ten full, so every
+/// commit carries the next BEGIN and receive), once it has handled `handled` of them.
+async fn start_circle(db: &TestDb, handled: u32) -> Endpoint {
+    let calls = Arc::new(AtomicU32::new(0));
+    let endpoint = start_steps(db, calls.clone()).await;
+    send_together(db, &vec![Step::Circle; 30]).await;
+    let circling = wait_until(Duration::from_secs(30), || async {
+        calls.load(Ordering::SeqCst) >= handled
+    })
+    .await;
+    assert!(circling, "the circle ran {handled} messages");
+    endpoint
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_received_behind_a_commit_is_back_in_the_queue_after_a_shutdown() {
     // A busy worker sends its next receive behind each COMMIT, so at any moment it may
     // hold ten messages taken in a transaction no handler has run in yet. Stopping it
     // then must give them back: thirty messages circling stay thirty.
     let db = TestDb::new().await;
-    let calls = Arc::new(AtomicU32::new(0));
-    let endpoint = start_steps(&db, calls.clone()).await;
-    send_together(&db, &vec![Step::Circle; 30]).await;
-    let circling = wait_until(Duration::from_secs(30), || async {
-        calls.load(Ordering::SeqCst) >= 500
-    })
-    .await;
-    assert!(circling, "the circle ran 500 messages");
-
+    let endpoint = start_circle(&db, 500).await;
     endpoint.shutdown(Duration::from_secs(5)).await;
     assert_eq!(
         db.count("SELECT count(*) FROM bus.steps_queue").await,
@@ -288,14 +294,7 @@ async fn timing_a_row_committed_behind_a_busy_chain_is_found_within_the_position
     // that, only when the chain ends, up to half a second later).
     let _serial = TIMING.lock().await;
     let db = TestDb::new().await;
-    let calls = Arc::new(AtomicU32::new(0));
-    let endpoint = start_steps(&db, calls.clone()).await;
-    send_together(&db, &vec![Step::Circle; 30]).await;
-    let circling = wait_until(Duration::from_secs(30), || async {
-        calls.load(Ordering::SeqCst) >= 200
-    })
-    .await;
-    assert!(circling, "the circle ran 200 messages");
+    let endpoint = start_circle(&db, 200).await;
 
     let sender = transport_pg::Sender::builder(&db.database(), "late-client")
         .route::<Step>("steps")
