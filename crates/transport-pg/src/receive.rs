@@ -181,11 +181,42 @@ struct NextReceive<'s> {
     position: i64,
 }
 
-/// A worker's chain of transactions: the connection whose next transaction is begun (and
-/// whose receive may be in), and when the worker last probed its queue from the start.
-struct Chain<'w> {
-    held: &'w mut Option<OpenTx>,
-    last_reset: &'w mut Instant,
+/// Where a worker's next receive starts: after the last seq of its last full batch, or
+/// from the start of the queue after a short batch, a wake-up, and at least every
+/// [`POSITION_RESET_INTERVAL`]. The interval is counted from the probes actually sent, so
+/// a receive sent from inside a batch (behind its COMMIT) and one sent by the worker loop
+/// keep one clock.
+struct Probe {
+    after: i64,
+    from_start_at: Instant,
+}
+
+impl Probe {
+    fn new() -> Probe {
+        Probe {
+            after: 0,
+            from_start_at: Instant::now(),
+        }
+    }
+
+    /// The seq after which the receive about to be sent starts.
+    fn start(&mut self) -> i64 {
+        if self.from_start_at.elapsed() >= POSITION_RESET_INTERVAL {
+            self.restart();
+        }
+        self.after
+    }
+
+    /// A full batch ended at `seq`; more may follow it.
+    fn continue_after(&mut self, seq: i64) {
+        self.after = seq;
+    }
+
+    /// The next receive starts from the start of the queue.
+    fn restart(&mut self) {
+        self.after = 0;
+        self.from_start_at = Instant::now();
+    }
 }
 
 /// What a receive's query returned.
@@ -342,8 +373,7 @@ impl Pump {
         };
         let mut idle = first_poll();
         let mut full_run = 0u32;
-        let mut position = 0i64;
-        let mut last_reset = Instant::now();
+        let mut probe = Probe::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let task = format!("worker {worker}");
         let mut reported_down = false;
@@ -352,29 +382,17 @@ impl Pump {
         let mut held: Option<OpenTx> = None;
 
         while !*stop.borrow() {
-            // A receive already sent behind the last COMMIT took no position from here;
-            // the reset is left for the one sent behind the next (see `receive_up_to`).
-            let prefetched = held.as_ref().is_some_and(|tx| tx.received.is_some());
-            if !prefetched && last_reset.elapsed() >= POSITION_RESET_INTERVAL {
-                position = 0;
-                last_reset = Instant::now();
-            }
-
             let careful = self.careful.active.load(Ordering::Relaxed);
             let throttled = self.throttle.is_active();
             if careful || throttled {
                 release(&mut held).await;
             }
             let received = if careful {
-                self.receive_careful(position).await
+                self.receive_careful(probe.start()).await
             } else if throttled {
-                self.receive_throttled(position).await
+                self.receive_throttled(&mut probe).await
             } else {
-                let chain = Chain {
-                    held: &mut held,
-                    last_reset: &mut last_reset,
-                };
-                self.receive_batch(position, chain).await
+                self.receive_batch(&mut probe, &mut held).await
             };
             match received {
                 Ok(outcome) => {
@@ -391,7 +409,7 @@ impl Pump {
                     if outcome.taken == asked {
                         // More may be waiting: take the next batch at once, and share the
                         // backlog with one more worker once it looks like one.
-                        position = outcome.last_seq;
+                        probe.continue_after(outcome.last_seq);
                         full_run += 1;
                         let evidence = if asked == 1 { FULL_RUN_AT_BATCH_ONE } else { 1 };
                         if full_run >= evidence {
@@ -404,8 +422,7 @@ impl Pump {
                     // A short batch emptied what this worker could see. Whatever commits
                     // after its receive sends a wake-up (one that came while the batch ran
                     // left a permit), so it waits rather than probing again at once.
-                    position = 0;
-                    last_reset = Instant::now();
+                    probe.restart();
                     full_run = 0;
                     if outcome.taken > 0 {
                         idle = first_poll();
@@ -436,7 +453,7 @@ impl Pump {
             // not missed here.
             tokio::select! {
                 _ = self.work.notified() => {
-                    position = 0;
+                    probe.restart();
                     idle = first_poll();
                 }
                 _ = tokio::time::sleep(idle) => {
@@ -454,12 +471,16 @@ impl Pump {
     /// one at a time, unpipelined, so the failing one is isolated. `held` is a
     /// connection whose transaction is already begun, used instead of a new one; a full
     /// batch leaves one there again.
-    async fn receive_batch(&self, position: i64, chain: Chain<'_>) -> Result<BatchOutcome> {
-        self.receive_up_to(&self.statements.receive, position, Some(chain))
+    async fn receive_batch(
+        &self,
+        probe: &mut Probe,
+        held: &mut Option<OpenTx>,
+    ) -> Result<BatchOutcome> {
+        self.receive_up_to(&self.statements.receive, probe, Some(held))
             .await
     }
 
-    /// Takes up to `statement`'s limit after `position`, as
+    /// Takes up to `statement`'s limit from where `probe` says, as
     /// [`receive_batch`](Self::receive_batch) does. With `chain`, a batch that commits
     /// sends the next BEGIN with its COMMIT and leaves the connection in `chain` for the
     /// next receive: one statement fewer per batch, and PostgreSQL flushes its socket once
@@ -467,15 +488,14 @@ impl Pump {
     /// short one the worker may go idle, and an idle worker holds no transaction. A chain
     /// ends after [`CHAIN_LIMIT`], so the server can report the table statistics
     /// autovacuum needs. The next batch's receive goes out behind the COMMIT, from this
-    /// batch's last seq, or from the start once [`POSITION_RESET_INTERVAL`] has passed
-    /// since the worker last probed from there.
+    /// batch's last seq or, when its reset is due, from the start.
     async fn receive_up_to(
         &self,
         statement: &Receive,
-        position: i64,
-        mut chain: Option<Chain<'_>>,
+        probe: &mut Probe,
+        mut chain: Option<&mut Option<OpenTx>>,
     ) -> Result<BatchOutcome> {
-        let held = chain.as_mut().and_then(|chain| chain.held.take());
+        let held = chain.as_mut().and_then(|held| held.take());
         let begun = held.is_some();
         let mut tx = match held {
             Some(tx) => tx,
@@ -487,46 +507,44 @@ impl Pump {
             .await
             .map_err(Error::db(format!("prepare receive for {}", self.endpoint)))?;
 
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&position];
         let rows = if let Some(rows) = tx.received.take() {
             Ok(rows)
-        } else if begun {
-            tx.client().query(&receive, &params).await
         } else {
-            // BEGIN and the receive in one round trip; `biased` polls in order, so the
-            // requests go out in order, BEGIN first.
-            let (begun, rows) = tokio::join!(
-                biased;
-                tx.client().batch_execute("BEGIN"),
-                tx.client().query(&receive, &params),
-            );
-            begun.map_err(Error::db("begin"))?;
-            rows
+            let position = probe.start();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&position];
+            if begun {
+                tx.client().query(&receive, &params).await
+            } else {
+                // BEGIN and the receive in one round trip; `biased` polls in order, so
+                // the requests go out in order, BEGIN first.
+                let (begun, rows) = tokio::join!(
+                    biased;
+                    tx.client().batch_execute("BEGIN"),
+                    tx.client().query(&receive, &params),
+                );
+                begun.map_err(Error::db("begin"))?;
+                rows
+            }
         };
         let rows = rows.map_err(Error::db(format!("receive from {}", self.endpoint)))?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(BatchOutcome {
                 taken: 0,
-                last_seq: position,
+                last_seq: 0,
             });
         }
 
         let batch = self.prepare_batch(&rows);
         let taken = batch.len();
-        let last_seq = batch.iter().map(|(r, _)| r.seq).max().unwrap_or(position);
+        let last_seq = batch.iter().map(|(r, _)| r.seq).max().unwrap_or(0);
         let seqs: Vec<i64> = batch.iter().map(|(r, _)| r.seq).collect();
-        let mut chain = chain.filter(|_| taken == statement.limit && tx.may_chain());
-        let next = chain.as_mut().map(|chain| {
-            let position = if chain.last_reset.elapsed() >= POSITION_RESET_INTERVAL {
-                *chain.last_reset = Instant::now();
-                0
-            } else {
-                last_seq
-            };
+        let chain = chain.filter(|_| taken == statement.limit && tx.may_chain());
+        let next = chain.is_some().then(|| {
+            probe.continue_after(last_seq);
             NextReceive {
                 statement: &receive,
-                position,
+                position: probe.start(),
             }
         });
 
@@ -534,10 +552,10 @@ impl Pump {
             Ok((written, next_rows)) => {
                 self.wake(written);
                 match (chain, next_rows) {
-                    (Some(chain), Some(Ok(rows))) => {
+                    (Some(held), Some(Ok(rows))) => {
                         tx.chained_since.get_or_insert_with(Instant::now);
                         tx.received = Some(rows);
-                        *chain.held = Some(tx);
+                        *held = Some(tx);
                     }
                     (_, Some(Err(error))) => {
                         // The batch is committed; the receive behind it failed in the
@@ -567,16 +585,16 @@ impl Pump {
     }
 
     /// While throttled: one message at a time across the process, then a pause.
-    async fn receive_throttled(&self, position: i64) -> Result<BatchOutcome> {
+    async fn receive_throttled(&self, probe: &mut Probe) -> Result<BatchOutcome> {
         let _alone = self.throttle.one_at_a_time.lock().await;
         if !self.throttle.is_active() {
             return Ok(BatchOutcome {
                 taken: 1,
-                last_seq: position,
+                last_seq: probe.after,
             });
         }
         let outcome = self
-            .receive_up_to(&self.statements.receive_one, position, None)
+            .receive_up_to(&self.statements.receive_one, probe, None)
             .await?;
         if outcome.taken > 0 && self.throttle.is_active() {
             tokio::time::sleep(self.throttle.pause).await;
