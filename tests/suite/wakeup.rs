@@ -10,15 +10,14 @@ use transport_pg::{Endpoint, EndpointBuilder, Sender};
 
 use crate::fixtures::{Note, Ping, Pinger, create_records, start_recorder};
 
-async fn start_pinger(
-    db: &TestDb,
-    wakeups: bool,
-) -> (Endpoint, Sender, mpsc::UnboundedReceiver<(u32, Instant)>) {
-    let (started, receiver) = mpsc::unbounded_channel();
+/// Starts endpoint `pinged` with wake-ups on, warmed up past the careful mode and the
+/// statement caches by thirty pings; the receiver gets each ping's number and the moment
+/// its handler started.
+async fn start_pinger(db: &TestDb) -> (Endpoint, Sender, mpsc::UnboundedReceiver<(u32, Instant)>) {
+    let (started, mut receiver) = mpsc::unbounded_channel();
     let database = db.database();
     let endpoint = EndpointBuilder::new("pinged", database.clone())
         .handler::<Ping, _>(Pinger { started })
-        .wakeups(wakeups)
         .start()
         .await
         .unwrap();
@@ -27,6 +26,9 @@ async fn start_pinger(
         .unwrap()
         .build()
         .unwrap();
+    for n in 0..30 {
+        ping(&sender, &mut receiver, n, Duration::from_secs(5)).await;
+    }
     (endpoint, sender, receiver)
 }
 
@@ -59,11 +61,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn timing_an_idle_endpoint_wakes_within_milliseconds_of_a_commit() {
     let _serial = TIMING.lock().await;
     let db = TestDb::new().await;
-    let (endpoint, sender, mut started) = start_pinger(&db, true).await;
-    // Warm up past the careful mode and the statement caches.
-    for n in 0..30 {
-        ping(&sender, &mut started, n, Duration::from_secs(5)).await;
-    }
+    let (endpoint, sender, mut started) = start_pinger(&db).await;
 
     let mut latencies = Vec::new();
     for n in 1000..1200 {
@@ -131,10 +129,7 @@ async fn with_wake_ups_off_everything_still_arrives_by_the_poll() {
 async fn timing_a_killed_listener_costs_at_most_the_poll_and_then_wake_ups_resume() {
     let _serial = TIMING.lock().await;
     let db = TestDb::new().await;
-    let (endpoint, sender, mut started) = start_pinger(&db, true).await;
-    for n in 0..30 {
-        ping(&sender, &mut started, n, Duration::from_secs(5)).await;
-    }
+    let (endpoint, sender, mut started) = start_pinger(&db).await;
     let listener_count = || async {
         db.count(
             "SELECT count(*) FROM pg_stat_activity \
@@ -190,10 +185,7 @@ async fn rollbacks(db: &TestDb) -> i64 {
 async fn timing_a_message_after_a_gap_costs_one_empty_receive_not_a_herd_of_probes() {
     let _serial = TIMING.lock().await;
     let db = TestDb::new().await;
-    let (endpoint, sender, mut started) = start_pinger(&db, true).await;
-    for n in 0..30 {
-        ping(&sender, &mut started, n, Duration::from_secs(5)).await;
-    }
+    let (endpoint, sender, mut started) = start_pinger(&db).await;
 
     // Four workers at batch 1, a message every 30 ms: the worker that takes one probes
     // once more (a full batch may have more behind it) and then waits for the next
