@@ -35,12 +35,12 @@ struct Args {
     gateway: GatewayArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args: Args = endpoint::parse("billing", "BILLING", &[]);
     service::init_logging(args.log.log_format, "info");
     let span = info_span!("billing", instance = %args.endpoint.instance());
-    endpoint::exit_code("billing", run(args).instrument(span).await)
+    let threads = args.endpoint.threads;
+    endpoint::run("billing", threads, run(args).instrument(span))
 }
 
 async fn run(args: Args) -> Result<Shutdown, Box<dyn std::error::Error>> {

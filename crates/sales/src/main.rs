@@ -29,13 +29,13 @@ struct Args {
     endpoint: EndpointArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Sales makes no external calls, so batches cost nothing but a longer transaction.
     let args: Args = endpoint::parse("sales", "SALES", &[("batch_size", "10")]);
     service::init_logging(args.log.log_format, "info");
     let span = info_span!("sales", instance = %args.endpoint.instance());
-    endpoint::exit_code("sales", run(args).instrument(span).await)
+    let threads = args.endpoint.threads;
+    endpoint::run("sales", threads, run(args).instrument(span))
 }
 
 async fn run(args: Args) -> Result<Shutdown, Box<dyn std::error::Error>> {

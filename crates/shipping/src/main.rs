@@ -41,12 +41,12 @@ struct Args {
     payment_timeout_ms: u64,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args: Args = endpoint::parse("shipping", "SHIPPING", &[]);
     service::init_logging(args.log.log_format, "info");
     let span = info_span!("shipping", instance = %args.endpoint.instance());
-    endpoint::exit_code("shipping", run(args).instrument(span).await)
+    let threads = args.endpoint.threads;
+    endpoint::run("shipping", threads, run(args).instrument(span))
 }
 
 async fn run(args: Args) -> Result<Shutdown, Box<dyn std::error::Error>> {
