@@ -29,6 +29,19 @@ UPDATE sales.orders
 SET status = $2, updated_at = now()
 WHERE order_id = $1 AND status = ANY($3)";
 
+/// [`ORDER_ADVANCE`] that also records a notice to the customer (kind `$4`, text `$5`)
+/// when, and only when, the order moved; the rows affected are the notices inserted.
+pub const ORDER_ADVANCE_NOTIFY: &str = "\
+WITH moved AS (
+    UPDATE sales.orders
+    SET status = $2, updated_at = now()
+    WHERE order_id = $1 AND status = ANY($3)
+    RETURNING order_id
+)
+INSERT INTO sales.notifications (order_id, kind, message)
+SELECT order_id, $4::text, $5::text
+FROM moved";
+
 /// Cancels an order with its reason.
 pub const ORDER_CANCEL: &str = "\
 UPDATE sales.orders

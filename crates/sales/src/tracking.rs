@@ -8,6 +8,7 @@
 
 use messages::{OrderBilled, OrderShipped, PaymentFailed, PaymentRefunded};
 use tracing::debug;
+use transport_pg::tokio_postgres::types::ToSql;
 use transport_pg::{Context, Handler, HandlerError, Tx};
 
 use crate::error::{Error, Result};
@@ -15,9 +16,18 @@ use crate::orders::{lock_status, notify};
 use crate::status::OrderStatus;
 use crate::{Sales, sql};
 
+/// A notice to the customer, recorded only with the status move it announces.
+#[derive(Clone, Copy)]
+struct Notice<'a> {
+    /// `sales.notifications.kind`.
+    kind: &'a str,
+    /// The message to the customer.
+    text: &'a str,
+}
+
 impl Handler<OrderBilled> for Sales {
     async fn handle(&self, billed: OrderBilled, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
-        self.advance(ctx.tx(), &billed.order_id, OrderStatus::Billed)
+        self.advance(ctx.tx(), &billed.order_id, OrderStatus::Billed, None)
             .await
             .map(drop)
             .map_err(Error::into_handler_error)
@@ -34,7 +44,7 @@ impl Handler<PaymentFailed> for Sales {
         failed: PaymentFailed,
         ctx: &mut Context<'_>,
     ) -> Result<(), HandlerError> {
-        self.advance(ctx.tx(), &failed.order_id, OrderStatus::PaymentFailed)
+        self.advance(ctx.tx(), &failed.order_id, OrderStatus::PaymentFailed, None)
             .await
             .map(drop)
             .map_err(Error::into_handler_error)
@@ -78,17 +88,34 @@ impl Handler<PaymentRefunded> for Sales {
 }
 
 impl Sales {
-    /// Moves the order to `next` when its status allows; returns whether it moved. The
-    /// rule is checked in the update, one statement in the usual case; only an order that
+    /// Moves the order to `next` when its status allows, recording `notice` with the move;
+    /// returns whether it moved. The rule is checked in the update, and the notice is
+    /// inserted by the same statement, so the usual case costs one; only an order that
     /// did not move is read, to tell a late event from an order Sales never stored.
-    async fn advance(&self, tx: &Tx<'_>, order_id: &str, next: OrderStatus) -> Result<bool> {
+    async fn advance(
+        &self,
+        tx: &Tx<'_>,
+        order_id: &str,
+        next: OrderStatus,
+        notice: Option<Notice<'_>>,
+    ) -> Result<bool> {
         let from = OrderStatus::names_that_can_become(next);
-        let moved = tx
-            .execute(sql::ORDER_ADVANCE, &[&order_id, &next.as_str(), &from])
-            .await
-            .map_err(Error::db("set the order's status", order_id))?;
+        let to = next.as_str();
+        let moved = match &notice {
+            None => {
+                tx.execute(sql::ORDER_ADVANCE, &[&order_id, &to, &from])
+                    .await
+            }
+            Some(notice) => {
+                let params: [&(dyn ToSql + Sync); 5] =
+                    [&order_id, &to, &from, &notice.kind, &notice.text];
+                tx.execute(sql::ORDER_ADVANCE_NOTIFY, &params).await
+            }
+        }
+        .map_err(Error::db("set the order's status", order_id))?;
         if moved == 1 {
-            debug!(instance = %self.instance, order_id, to = %next, "order status moved");
+            debug!(instance = %self.instance, order_id, to = %next,
+                notice = notice.map(|n| n.kind), "order status moved");
             return Ok(true);
         }
 
@@ -100,13 +127,16 @@ impl Sales {
 
     async fn shipped(&self, shipped: &OrderShipped, tx: &Tx<'_>) -> Result<()> {
         let id = &shipped.order_id;
-        if self.advance(tx, id, OrderStatus::Shipped).await? {
-            let notice = format!(
-                "Your order {id} is on its way; tracking number {}.",
-                shipped.tracking_number
-            );
-            notify(tx, id, "shipped", &notice).await?;
-        }
+        let text = format!(
+            "Your order {id} is on its way; tracking number {}.",
+            shipped.tracking_number
+        );
+        let notice = Notice {
+            kind: "shipped",
+            text: &text,
+        };
+        self.advance(tx, id, OrderStatus::Shipped, Some(notice))
+            .await?;
         Ok(())
     }
 
