@@ -26,6 +26,8 @@ enum Step {
     Relay { n: u32, fail_first: bool },
     /// Send itself back to `steps`, so the queue never empties.
     Circle,
+    /// Send `n` to `sink` and to `side` and request a timeout for the saga: three tables.
+    Fan { n: u32, saga: Uuid },
 }
 
 impl Message for Step {
@@ -55,6 +57,15 @@ impl Handler<Step> for Steps {
             }
             Step::Circle => {
                 ctx.send_to("steps", &Step::Circle)?;
+            }
+            Step::Fan { n, saga } => {
+                let relay = Step::Relay {
+                    n,
+                    fail_first: false,
+                };
+                ctx.send_to("sink", &relay)?;
+                ctx.send_to("side", &relay)?;
+                ctx.request_timeout(Duration::from_secs(60), &relay, saga, "test.Saga")?;
             }
         }
         Ok(())
@@ -136,6 +147,59 @@ async fn a_later_handler_in_a_batch_sees_the_timeouts_an_earlier_one_requested()
         "only the uncancelled saga's timeout is left"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 3, "each step handled once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_to_three_tables_go_out_together_and_before_a_later_statement() {
+    let db = TestDb::new().await;
+    install_only(&db.database(), "side").await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let endpoint = start_steps(&db, calls.clone()).await;
+    let sagas: Vec<Uuid> = (0..9).map(|_| Uuid::new_v4()).collect();
+
+    // Each Fan writes a queue, another queue and the delayed table, in one statement when
+    // the pipeline has them all prepared; the cancel in the middle must see the first six.
+    let mut steps: Vec<Step> = (0..9)
+        .map(|n| Step::Fan {
+            n,
+            saga: sagas[n as usize],
+        })
+        .collect();
+    steps.insert(6, Step::CancelTimeouts(sagas[2]));
+    send_together(&db, &steps).await;
+    let handled = wait_until(Duration::from_secs(30), || async {
+        calls.load(Ordering::SeqCst) >= 10
+            && db.count("SELECT count(*) FROM bus.steps_queue").await == 0
+    })
+    .await;
+    endpoint.shutdown(Duration::from_secs(5)).await;
+    assert!(handled, "the ten steps were handled");
+
+    for table in ["sink_queue", "side_queue"] {
+        let sql = format!("SELECT count(DISTINCT body) FROM bus.{table}");
+        assert_eq!(db.count(&sql).await, 9, "nine distinct relays in {table}");
+    }
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT saga_id FROM bus.steps_delayed WHERE saga_id IS NOT NULL ORDER BY due_at",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut left: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let mut expected: Vec<Uuid> = sagas.iter().filter(|s| **s != sagas[2]).copied().collect();
+    left.sort();
+    expected.sort();
+    assert_eq!(
+        left, expected,
+        "every timeout but the cancelled saga's, each to its saga"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM bus.failed_messages").await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,10 @@
 //! PostgreSQL answers every parameterised statement and every simple query with a
 //! ReadyForQuery and flushes its socket there, so each one costs a write on the server and
 //! a wake-up on the client, whatever the pipelining. A batch therefore sends as few as it
-//! can: the sends of all its handlers go out as one insert per destination table, written
-//! just before the next statement that could see them (a handler's first statement, or
-//! COMMIT), and a handler gets its savepoint only when it first touches the transaction.
+//! can: the sends of all its handlers go out as one statement (an insert per destination
+//! table, as data-modifying CTEs when there are several), written just before the next
+//! statement that could see them (a handler's first statement, or COMMIT), and a handler
+//! gets its savepoint only when it first touches the transaction.
 //! A handler that never does has nothing to roll back: its sends are still in memory.
 //!
 //! Every request goes out at once and its answer is checked later, oldest first; a failed
@@ -27,7 +28,10 @@ use deadpool_postgres::Object;
 use tokio_postgres::Statement;
 
 use crate::error::{Error, Result};
-use crate::send::{Outgoing, Written, insert_sql, plan_writes, run_writes, send_error};
+use crate::send::{
+    Outgoing, Written, combined_insert_sql, insert_sql, plan_writes, run_combined, run_writes,
+    send_error, targets_of,
+};
 
 /// What a handler's [`Tx`](crate::Tx) calls before each statement; a trait, so that the
 /// `Tx` does not carry the pipeline's own lifetime.
@@ -61,6 +65,8 @@ struct State<'c> {
     /// The prepared insert of each table written in this batch; a batch writes to few,
     /// so a list is searched faster than a map's key is built.
     inserts: Vec<(Written, Statement)>,
+    /// The prepared statements that write several tables at once, by their tables.
+    combined: Vec<(Vec<Written>, Statement)>,
     /// A savepoint named `handler` is open in the transaction.
     savepoint_open: bool,
     /// The running handler has its own savepoint.
@@ -77,6 +83,7 @@ impl<'c> Pipeline<'c> {
                 failed: None,
                 sends: Vec::new(),
                 inserts: Vec::new(),
+                combined: Vec::new(),
                 savepoint_open: false,
                 handler_savepoint: false,
             }),
@@ -140,7 +147,9 @@ impl<'c> Pipeline<'c> {
 
     /// Keeps a returned handler's sends for the batch's next write. Their inserts are
     /// prepared now (from the connection's cache after the first time), so that the
-    /// write itself can go out without waiting.
+    /// write itself can go out without waiting: each table's alone, which names a table
+    /// that is not installed, and, when the pending sends go to several tables, the one
+    /// statement that writes them all.
     pub async fn defer(&self, outgoing: Vec<Outgoing>) -> Result<()> {
         if outgoing.is_empty() {
             return Ok(());
@@ -161,6 +170,22 @@ impl<'c> Pipeline<'c> {
                 .await
                 .map_err(|source| send_error(&target.destination, source))?;
             self.state().inserts.push((target, statement));
+        }
+
+        let targets = targets_of(self.state().sends.iter().chain(&outgoing));
+        let known = targets.len() < 2
+            || self
+                .state()
+                .combined
+                .iter()
+                .any(|(tables, _)| *tables == targets);
+        if !known {
+            let statement = self
+                .client
+                .prepare_cached(&combined_insert_sql(&targets))
+                .await
+                .map_err(Error::db("prepare a send to several tables"))?;
+            self.state().combined.push((targets, statement));
         }
         self.state().sends.extend(outgoing);
         Ok(())
@@ -204,30 +229,30 @@ impl<'c> Pipeline<'c> {
         self.launch(async move { client.batch_execute(sql).await.map_err(Error::db(op)) });
     }
 
-    /// Sends the deferred sends as one insert per table, without waiting.
+    /// Sends the deferred sends without waiting: one statement for all their tables, or
+    /// one insert per table should that statement be missing.
     fn write_sends(&self) {
-        let (sends, inserts) = {
+        let (sends, prepared) = {
             let mut state = self.state();
             let sends = std::mem::take(&mut state.sends);
             if sends.is_empty() {
                 return;
             }
-            (sends, state.inserts.clone())
+            let prepared = state.statements_for(&targets_of(&sends));
+            (sends, prepared)
         };
         let client = self.client;
         self.launch(async move {
             let writes = plan_writes(&sends);
-            let statements: Option<Vec<Statement>> = writes
-                .iter()
-                .map(|write| {
-                    let found = inserts.iter().find(|(target, _)| *target == write.target);
-                    found.map(|(_, statement)| statement.clone())
-                })
-                .collect();
-            let statements = statements.ok_or_else(|| {
-                Error::Config("internal: a deferred send was not prepared".into())
-            })?;
-            run_writes(client, &writes, &statements).await
+            match prepared {
+                Some(Prepared::Combined(statement)) => {
+                    run_combined(client, &writes, &statement).await
+                }
+                Some(Prepared::Each(statements)) => run_writes(client, &writes, &statements).await,
+                None => Err(Error::Config(
+                    "internal: a deferred send was not prepared".into(),
+                )),
+            }
         });
     }
 
@@ -274,5 +299,30 @@ impl<'c> Pipeline<'c> {
             (None, _) => None,
         };
         (committed, output)
+    }
+}
+
+/// The prepared statements of one write.
+enum Prepared {
+    /// One statement for every table.
+    Combined(Statement),
+    /// Each table's insert, in the write's order.
+    Each(Vec<Statement>),
+}
+
+impl State<'_> {
+    /// The statements that write `targets`, from those [`Pipeline::defer`] prepared.
+    fn statements_for(&self, targets: &[Written]) -> Option<Prepared> {
+        if targets.len() >= 2 {
+            let combined = self.combined.iter().find(|(tables, _)| tables == targets);
+            if let Some((_, statement)) = combined {
+                return Some(Prepared::Combined(statement.clone()));
+            }
+        }
+        let each = targets.iter().map(|target| {
+            let found = self.inserts.iter().find(|(table, _)| table == target);
+            found.map(|(_, statement)| statement.clone())
+        });
+        each.collect::<Option<Vec<_>>>().map(Prepared::Each)
     }
 }

@@ -235,6 +235,40 @@ pub(crate) fn insert_sql(target: &Written) -> String {
     }
 }
 
+/// The one statement that writes every table of `targets` (two or more, in that order):
+/// each table's insert as a data-modifying CTE, its parameters numbered on from the one
+/// before. PostgreSQL answers it once, where one insert per table is one answer each.
+pub(crate) fn combined_insert_sql(targets: &[Written]) -> String {
+    let mut sql = String::from("WITH ");
+    let mut first = 1;
+    for (i, target) in targets.iter().enumerate() {
+        let tables = target.destination.tables();
+        let (insert, count) = if target.delayed {
+            (sql::delayed::insert_from(&tables.delayed, first), 6)
+        } else {
+            (sql::queue::insert_from(&tables.queue, first), 3)
+        };
+        if i > 0 {
+            sql.push_str(",\n");
+        }
+        sql.push_str(&format!("w{i} AS (\n{insert}\n)"));
+        first += count;
+    }
+    sql.push_str("\nSELECT 1");
+    sql
+}
+
+/// The tables `messages` go to, in first-seen order: the order of [`plan_writes`].
+pub(crate) fn targets_of<'a>(messages: impl IntoIterator<Item = &'a Outgoing>) -> Vec<Written> {
+    let mut targets: Vec<Written> = Vec::new();
+    for message in messages {
+        if !targets.iter().any(|target| target.is(message)) {
+            targets.push(Written::of(message));
+        }
+    }
+    targets
+}
+
 /// Groups `messages` by table, in first-seen order, one statement per table.
 pub(crate) fn plan_writes(messages: &[Outgoing]) -> Vec<TableWrite<'_>> {
     let mut writes: Vec<TableWrite<'_>> = Vec::new();
@@ -304,26 +338,65 @@ pub(crate) async fn run_writes(
         .iter()
         .zip(statements)
         .map(|(write, statement)| async move {
-            let result = if write.target.delayed {
-                let params: [&(dyn ToSql + Sync); 6] = [
-                    &write.due_at,
-                    &write.delay_ms,
-                    &write.ids,
-                    &write.headers,
-                    &write.bodies,
-                    &write.saga_ids,
-                ];
-                exec.execute_statement(statement, &params).await
-            } else {
-                let params: [&(dyn ToSql + Sync); 3] = [&write.ids, &write.headers, &write.bodies];
-                exec.execute_statement(statement, &params).await
-            };
-            result.map_err(|source| send_error(&write.target.destination, source))
+            let mut params = Vec::with_capacity(6);
+            write.push_params(&mut params);
+            exec.execute_statement(statement, &params)
+                .await
+                .map_err(|source| send_error(&write.target.destination, source))
         });
     for result in join_in_order(runs.collect()).await {
         result?;
     }
     Ok(())
+}
+
+/// Runs `writes` as their one [`combined_insert_sql`] statement, prepared as `statement`.
+/// Each table was prepared alone first, so a table that is not installed has already
+/// been named; a failure here names every destination.
+pub(crate) async fn run_combined(
+    exec: &impl Executor,
+    writes: &[TableWrite<'_>],
+    statement: &tokio_postgres::Statement,
+) -> Result<()> {
+    let mut params = Vec::with_capacity(6 * writes.len());
+    for write in writes {
+        write.push_params(&mut params);
+    }
+    match exec.execute_statement(statement, &params).await {
+        Ok(_) => Ok(()),
+        Err(source) => {
+            let names: Vec<String> = writes
+                .iter()
+                .map(|w| w.target.destination.to_string())
+                .collect();
+            Err(Error::Database {
+                op: format!("send to {}", names.join(", ")),
+                source,
+            })
+        }
+    }
+}
+
+impl<'a> TableWrite<'a> {
+    /// This write's parameters, in the order of its table's insert.
+    fn push_params<'p>(&'p self, params: &mut Vec<&'p (dyn ToSql + Sync)>) {
+        if self.target.delayed {
+            params.extend([
+                &self.due_at as &(dyn ToSql + Sync),
+                &self.delay_ms,
+                &self.ids,
+                &self.headers,
+                &self.bodies,
+                &self.saga_ids,
+            ]);
+        } else {
+            params.extend([
+                &self.ids as &(dyn ToSql + Sync),
+                &self.headers,
+                &self.bodies,
+            ]);
+        }
+    }
 }
 
 /// Polls every future in index order on every poll until all are done. Unlike the

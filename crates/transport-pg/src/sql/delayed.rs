@@ -4,12 +4,19 @@
 /// delays in milliseconds, then ids, headers, bodies and saga ids. The database clock
 /// decides when a delay is up, never the sender's.
 pub fn insert(delayed: &str) -> String {
+    insert_from(delayed, 1)
+}
+
+/// [`insert`] with its six parameters numbered from `$first`, to be one part of a
+/// statement that writes several tables.
+pub fn insert_from(delayed: &str, first: usize) -> String {
+    let [due, delay, ids, headers, bodies, sagas] = std::array::from_fn(|i| first + i);
     format!(
         "\
 INSERT INTO {delayed} (due_at, message_id, headers, body, saga_id)
 SELECT COALESCE(a, now() + d * interval '1 millisecond'), m, h, b, s
-FROM unnest($1::timestamptz[], $2::bigint[], $3::uuid[], $4::jsonb[], $5::bytea[],
-            $6::uuid[]) AS u(a, d, m, h, b, s)"
+FROM unnest(${due}::timestamptz[], ${delay}::bigint[], ${ids}::uuid[], ${headers}::jsonb[],
+            ${bodies}::bytea[], ${sagas}::uuid[]) AS u(a, d, m, h, b, s)"
     )
 }
 

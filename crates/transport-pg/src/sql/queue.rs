@@ -107,11 +107,18 @@ RETURNING seq, message_id, headers, body, enqueued_at, claims"
 /// Inserts one row per array element: `$1` message ids, `$2` headers, `$3` bodies. One
 /// statement whatever the count, so it is prepared once, unlike a VALUES list.
 pub fn insert(queue: &str) -> String {
+    insert_from(queue, 1)
+}
+
+/// [`insert`] with its three parameters numbered from `$first`, to be one part of a
+/// statement that writes several tables.
+pub fn insert_from(queue: &str, first: usize) -> String {
+    let (ids, headers, bodies) = (first, first + 1, first + 2);
     format!(
         "\
 INSERT INTO {queue} (message_id, headers, body)
 SELECT m, h, b
-FROM unnest($1::uuid[], $2::jsonb[], $3::bytea[]) AS u(m, h, b)"
+FROM unnest(${ids}::uuid[], ${headers}::jsonb[], ${bodies}::bytea[]) AS u(m, h, b)"
     )
 }
 
