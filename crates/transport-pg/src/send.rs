@@ -244,9 +244,13 @@ pub(crate) fn combined_insert_sql(targets: &[Written]) -> String {
     for (i, target) in targets.iter().enumerate() {
         let tables = target.destination.tables();
         let (insert, count) = if target.delayed {
-            (sql::delayed::insert_from(&tables.delayed, first), 6)
+            let insert = sql::delayed::insert_from(&tables.delayed, first);
+            (insert, sql::delayed::INSERT_PARAMS)
         } else {
-            (sql::queue::insert_from(&tables.queue, first), 3)
+            (
+                sql::queue::insert_from(&tables.queue, first),
+                sql::queue::INSERT_PARAMS,
+            )
         };
         if i > 0 {
             sql.push_str(",\n");
@@ -338,7 +342,7 @@ pub(crate) async fn run_writes(
         .iter()
         .zip(statements)
         .map(|(write, statement)| async move {
-            let mut params = Vec::with_capacity(6);
+            let mut params = Vec::with_capacity(sql::delayed::INSERT_PARAMS);
             write.push_params(&mut params);
             exec.execute_statement(statement, &params)
                 .await
@@ -358,7 +362,7 @@ pub(crate) async fn run_combined(
     writes: &[TableWrite<'_>],
     statement: &tokio_postgres::Statement,
 ) -> Result<()> {
-    let mut params = Vec::with_capacity(6 * writes.len());
+    let mut params = Vec::with_capacity(sql::delayed::INSERT_PARAMS * writes.len());
     for write in writes {
         write.push_params(&mut params);
     }
@@ -780,5 +784,45 @@ impl Outbox {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str, delayed: bool) -> Written {
+        Written {
+            destination: EndpointName::new(name).unwrap(),
+            delayed,
+        }
+    }
+
+    #[test]
+    fn a_combined_insert_numbers_each_tables_parameters_on_from_the_last() {
+        let targets = [table("a", false), table("b", true), table("c", false)];
+        let sql = combined_insert_sql(&targets);
+
+        // Every parameter of the three inserts appears, each once, in order.
+        let numbers: Vec<usize> = sql
+            .split('$')
+            .skip(1)
+            .map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().unwrap()
+            })
+            .collect();
+        let total = 2 * sql::queue::INSERT_PARAMS + sql::delayed::INSERT_PARAMS;
+        assert_eq!(numbers, (1..=total).collect::<Vec<_>>(), "{sql}");
+
+        let a = sql.find(r#"bus."a_queue""#).expect("a's queue");
+        let b = sql.find(r#"bus."b_delayed""#).expect("b's delayed table");
+        let c = sql.find(r#"bus."c_queue""#).expect("c's queue");
+        assert!(a < b && b < c, "tables in the order given: {sql}");
+        assert_eq!(
+            sql::queue::insert_from(r#"bus."a_queue""#, 1),
+            sql::queue::insert(r#"bus."a_queue""#),
+            "numbered from 1 it is the plain insert, the text the bench's ceiling runs"
+        );
     }
 }

@@ -7,10 +7,14 @@ pub fn insert(delayed: &str) -> String {
     insert_from(delayed, 1)
 }
 
+/// The parameters of [`insert`].
+pub const INSERT_PARAMS: usize = 6;
+
 /// [`insert`] with its six parameters numbered from `$first`, to be one part of a
 /// statement that writes several tables.
 pub fn insert_from(delayed: &str, first: usize) -> String {
-    let [due, delay, ids, headers, bodies, sagas] = std::array::from_fn(|i| first + i);
+    let [due, delay, ids, headers, bodies, sagas]: [usize; INSERT_PARAMS] =
+        std::array::from_fn(|i| first + i);
     format!(
         "\
 INSERT INTO {delayed} (due_at, message_id, headers, body, saga_id)

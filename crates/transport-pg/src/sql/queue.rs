@@ -110,6 +110,9 @@ pub fn insert(queue: &str) -> String {
     insert_from(queue, 1)
 }
 
+/// The parameters of [`insert`].
+pub const INSERT_PARAMS: usize = 3;
+
 /// [`insert`] with its three parameters numbered from `$first`, to be one part of a
 /// statement that writes several tables.
 pub fn insert_from(queue: &str, first: usize) -> String {
