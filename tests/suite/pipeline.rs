@@ -196,6 +196,13 @@ async fn sends_to_three_tables_go_out_together_and_before_a_later_statement() {
         left, expected,
         "every timeout but the cancelled saga's, each to its saga"
     );
+    // A failed pipelined write would have been retaken one message at a time, which runs
+    // every handler again and writes each table alone: the same rows, more calls.
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        10,
+        "each step handled once, in its pipelined batch"
+    );
     assert_eq!(
         db.count("SELECT count(*) FROM bus.failed_messages").await,
         0
