@@ -87,6 +87,20 @@ async fn start_steps(db: &TestDb, calls: Arc<AtomicU32>) -> Endpoint {
     endpoint
 }
 
+/// The sagas whose timeouts wait in `steps`' delayed table, sorted.
+async fn timeouts_left(db: &TestDb) -> Vec<Uuid> {
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT saga_id FROM bus.steps_delayed WHERE saga_id IS NOT NULL ORDER BY saga_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
 /// Sends `steps` to endpoint `steps` in one transaction, so that they arrive as one batch.
 async fn send_together(db: &TestDb, steps: &[Step]) {
     let sender = transport_pg::Sender::builder(&db.database(), "test-client")
@@ -131,18 +145,8 @@ async fn a_later_handler_in_a_batch_sees_the_timeouts_an_earlier_one_requested()
 
     // The cancel ran after the first request in the same transaction; had that request's
     // timeout not been written before the cancel's statement, it would have survived.
-    let left = db
-        .client()
-        .await
-        .query(
-            "SELECT saga_id FROM bus.steps_delayed WHERE saga_id IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap();
-    let sagas: Vec<Uuid> = left.iter().map(|r| r.get(0)).collect();
     assert_eq!(
-        sagas,
+        timeouts_left(&db).await,
         vec![kept],
         "only the uncancelled saga's timeout is left"
     );
@@ -179,21 +183,11 @@ async fn sends_to_three_tables_go_out_together_and_before_a_later_statement() {
         let sql = format!("SELECT count(DISTINCT body) FROM bus.{table}");
         assert_eq!(db.count(&sql).await, 9, "nine distinct relays in {table}");
     }
-    let rows = db
-        .client()
-        .await
-        .query(
-            "SELECT saga_id FROM bus.steps_delayed WHERE saga_id IS NOT NULL ORDER BY due_at",
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut left: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
     let mut expected: Vec<Uuid> = sagas.iter().filter(|s| **s != sagas[2]).copied().collect();
-    left.sort();
     expected.sort();
     assert_eq!(
-        left, expected,
+        timeouts_left(&db).await,
+        expected,
         "every timeout but the cancelled saga's, each to its saga"
     );
     // A failed pipelined write would have been retaken one message at a time, which runs
