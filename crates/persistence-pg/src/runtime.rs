@@ -240,12 +240,13 @@ impl<S: Saga> Runtime<S> {
             .map_err(SagaError::into_handler_error)
     }
 
-    /// Locks the instance of `correlation`; creates it first when there is none and `M`
-    /// may start one.
+    /// Locks the instance of `correlation`; creates it when there is none and `M` may
+    /// start one.
     ///
     /// Two start messages racing on two connections both find nothing, both insert; the
-    /// second insert waits for the first transaction, then (on commit) inserts nothing
-    /// and the lock below finds the winner's row. Neither fails, so no retry is spent.
+    /// second insert waits for the first transaction, then (on commit) inserts nothing,
+    /// and the same statement run again locks the winner's row. Neither fails, so no
+    /// retry is spent.
     async fn lock_or_create<M: Message>(
         &self,
         ctx: &Context<'_>,
@@ -255,11 +256,9 @@ impl<S: Saga> Runtime<S> {
         S: SagaHandles<M>,
     {
         let tx = ctx.tx();
-        if let Some(instance) = store::lock_by_correlation(tx, S::NAME, correlation).await? {
-            return Ok(classify(instance));
-        }
         if !<S as SagaHandles<M>>::STARTS {
-            return Ok(Found::Missing);
+            let found = store::lock_by_correlation(tx, S::NAME, correlation).await?;
+            return Ok(found.map_or(Found::Missing, classify));
         }
 
         let data =
@@ -281,20 +280,22 @@ impl<S: Saga> Runtime<S> {
             ),
         };
         for _ in 0..LOCK_OR_CREATE_ATTEMPTS {
-            if let Some(instance) = store::insert_if_absent(tx, &new).await? {
-                debug!(
-                    target: STEP_TARGET,
-                    saga_type = S::NAME,
-                    saga_id = %instance.id,
-                    correlation,
-                    message_type = M::NAME,
-                    "saga started"
-                );
-                return Ok(Found::Open(instance, true));
-            }
-            // Another transaction made it first; the insert waited for that one to commit.
-            if let Some(instance) = store::lock_by_correlation(tx, S::NAME, correlation).await? {
-                return Ok(classify(instance));
+            match store::lock_or_create(tx, &new).await? {
+                Some((instance, true)) => {
+                    debug!(
+                        target: STEP_TARGET,
+                        saga_type = S::NAME,
+                        saga_id = %instance.id,
+                        correlation,
+                        message_type = M::NAME,
+                        "saga started"
+                    );
+                    return Ok(Found::Open(instance, true));
+                }
+                Some((instance, false)) => return Ok(classify(instance)),
+                // Another transaction made it first, after this statement's snapshot was
+                // taken; the next statement's snapshot has the row.
+                None => continue,
             }
         }
         Err(SagaError::LockOrCreate {
@@ -332,16 +333,16 @@ impl<S: Saga> Runtime<S> {
             correlation: instance.correlation.clone(),
             source,
         })?;
-        store::save(ctx.tx(), S::NAME, instance, &value, completed).await?;
+        store::save(ctx.tx(), S::NAME, instance, value, completed).await?;
 
         if completed {
-            let cancelled = ctx.cancel_timeouts(instance.id).await.map_err(|source| {
-                SagaError::CancelTimeouts {
+            ctx.cancel_timeouts_unawaited(instance.id)
+                .await
+                .map_err(|source| SagaError::CancelTimeouts {
                     saga_type: S::NAME.to_owned(),
                     saga_id: instance.id,
                     source: Box::new(source),
-                }
-            })?;
+                })?;
             debug!(
                 target: STEP_TARGET,
                 saga_type = S::NAME,
@@ -349,7 +350,6 @@ impl<S: Saga> Runtime<S> {
                 correlation = %instance.correlation,
                 message_type,
                 version = instance.version + 1,
-                cancelled_timeouts = cancelled,
                 dropped_timeouts = timeouts.len(),
                 "saga completed"
             );

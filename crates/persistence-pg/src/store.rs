@@ -7,9 +7,9 @@
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use transport_pg::Executor;
 use transport_pg::tokio_postgres::Row;
 use transport_pg::tokio_postgres::types::ToSql;
+use transport_pg::{Executor, Param, Tx};
 use uuid::Uuid;
 
 use crate::error::SagaError;
@@ -217,12 +217,13 @@ pub(crate) struct NewSaga<'a> {
     pub originator_correlation_id: Option<&'a str>,
 }
 
-/// Inserts the saga unless its key exists; `None` when another transaction has it (this
-/// call then waited for that transaction to end).
-pub(crate) async fn insert_if_absent(
+/// Creates the saga, or locks it when its key exists: the row and whether this call
+/// created it. `None` when another transaction created it and had not committed when
+/// this call began (it then waited for that commit); a second call locks the row.
+pub(crate) async fn lock_or_create(
     exec: &impl Executor,
     new: &NewSaga<'_>,
-) -> Result<Option<Instance>, SagaError> {
+) -> Result<Option<(Instance, bool)>, SagaError> {
     let id = Uuid::new_v4();
     let params: [&(dyn ToSql + Sync); 7] = [
         &id,
@@ -233,28 +234,60 @@ pub(crate) async fn insert_if_absent(
         &new.originator,
         &new.originator_correlation_id,
     ];
-    let rows = query(exec, sql::SAGA_INSERT_IF_ABSENT, &params)
+    let rows = query(exec, sql::SAGA_LOCK_OR_CREATE, &params)
         .await
-        .map_err(db("create", new.saga_type, new.correlation))?;
-    Ok(rows.first().map(Instance::from_row))
+        .map_err(db("lock or create", new.saga_type, new.correlation))?;
+    Ok(rows
+        .first()
+        .map(|row| (Instance::from_row(row), row.get(STARTED_COLUMN))))
 }
 
+/// Where [`sql::SAGA_LOCK_OR_CREATE`] says whether it created the row: after the step
+/// columns.
+const STARTED_COLUMN: usize = 7;
+
 /// Saves `data` (closing the saga when `close`) if it is still at `instance.version`.
+///
+/// The row is locked, so nothing else can have moved the version; the check only guards
+/// against a bug. So in a pipelined batch the step does not wait for the answer: the
+/// statement then raises the conflict itself, which fails the batch, and the batch is
+/// retaken one message at a time, where this runs awaited and returns the conflict.
 pub(crate) async fn save(
-    exec: &impl Executor,
+    tx: &Tx<'_>,
     saga_type: &str,
     instance: &Instance,
-    data: &Value,
+    data: Value,
     close: bool,
 ) -> Result<(), SagaError> {
-    let (statement, op) = if close {
-        (sql::SAGA_CLOSE, "close")
+    let op = if close { "close" } else { "save" };
+    let key = instance.id.to_string();
+    let failed = db(op, saga_type, &key);
+    if tx.is_pipelined() {
+        let statement = if close {
+            sql::SAGA_CLOSE_CHECKED
+        } else {
+            sql::SAGA_SAVE_CHECKED
+        };
+        let params: Vec<Param> = vec![
+            Box::new(instance.id),
+            Box::new(instance.version),
+            Box::new(data),
+        ];
+        let what = format!("{op} saga {saga_type} {}", instance.id);
+        return tx
+            .execute_unawaited(statement, params, &what)
+            .await
+            .map_err(failed);
+    }
+
+    let statement = if close {
+        sql::SAGA_CLOSE
     } else {
-        (sql::SAGA_SAVE, "save")
+        sql::SAGA_SAVE
     };
-    let saved = execute(exec, statement, &[&instance.id, &instance.version, data])
+    let saved = execute(tx, statement, &[&instance.id, &instance.version, &data])
         .await
-        .map_err(db(op, saga_type, &instance.id.to_string()))?;
+        .map_err(failed)?;
     if saved != 1 {
         return Err(SagaError::VersionConflict {
             saga_type: saga_type.to_owned(),

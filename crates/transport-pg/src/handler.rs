@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::executor::Executor;
 use crate::failure::HandlerError;
 use crate::name::EndpointName;
-use crate::pipeline::{Lazy, Pipeline};
+use crate::pipeline::{Lazy, Param, Pipeline};
 use crate::send::{Delivery, Origin, Outgoing};
 use crate::subscriptions::Publication;
 
@@ -156,6 +156,45 @@ impl<'a> Tx<'a> {
     ) -> Result<Option<Row>, tokio_postgres::Error> {
         let statement = self.prepare(sql).await?;
         self.client.query_opt(&statement, params).await
+    }
+}
+
+impl Tx<'_> {
+    /// Whether this is a pipelined batch's transaction, where
+    /// [`execute_unawaited`](Tx::execute_unawaited) does not wait.
+    pub fn is_pipelined(&self) -> bool {
+        self.pipeline.is_some()
+    }
+
+    /// Runs a statement whose answer the handler does not need to go on. In a pipelined
+    /// batch it is sent now, and its answer read with the batch's others; an error fails
+    /// the batch, which is then retaken one message at a time, every statement awaited.
+    /// Outside a pipelined batch it runs at once. `op` names it in errors. A later
+    /// statement of the transaction sees its effect either way: requests run in the order
+    /// sent.
+    ///
+    /// The batch's COMMIT goes out before this answer is read, and only an error stops
+    /// it (a transaction an error aborted does not commit). So what the caller would
+    /// check in the answer, such as that one row changed, the statement must check on
+    /// the server, raising an error when it does not hold.
+    pub async fn execute_unawaited(
+        &self,
+        sql: &str,
+        params: Vec<Param>,
+        op: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        let statement = self.prepare(sql).await?;
+        match self.pipeline {
+            Some(pipeline) => pipeline.unawaited(statement, params, op),
+            None => {
+                let refs: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                self.client.execute(&statement, &refs).await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -332,6 +371,21 @@ impl<'a> Context<'a> {
         let delayed = self.origin_self()?.tables().delayed;
         self.tx
             .execute(&crate::sql::delayed::delete_for_saga(&delayed), &[&saga_id])
+            .await
+            .map_err(crate::error::Error::db("cancel saga timeouts"))
+    }
+
+    /// [`cancel_timeouts`](Context::cancel_timeouts) for a caller that does not need the
+    /// count: in a pipelined batch, without waiting for the answer (see
+    /// [`Tx::execute_unawaited`]).
+    pub async fn cancel_timeouts_unawaited(&self, saga_id: Uuid) -> Result<()> {
+        let delayed = self.origin_self()?.tables().delayed;
+        self.tx
+            .execute_unawaited(
+                &crate::sql::delayed::delete_for_saga(&delayed),
+                vec![Box::new(saga_id)],
+                "cancel saga timeouts",
+            )
             .await
             .map_err(crate::error::Error::db("cancel saga timeouts"))
     }

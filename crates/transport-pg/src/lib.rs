@@ -101,6 +101,7 @@ pub use host::{Endpoint, EndpointBuilder, MAX_BATCH_SIZE, Shutdown, wait_for_sig
 pub use install::{INSTALLER_VERSION, InstallOutcome, install_endpoint};
 pub use migrate::{MigrationSet, bus_migrations, migrate};
 pub use name::{EndpointName, MAX_ENDPOINT_NAME_LEN, QueueTables};
+pub use pipeline::Param;
 pub use receive::PumpConfig;
 pub use recoverability::{NextStep, RetryPolicy};
 pub use send::{DEFAULT_MAX_BODY_BYTES, Delivery, Outbox, Routes, Sender, SenderBuilder};

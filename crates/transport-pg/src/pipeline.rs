@@ -26,6 +26,7 @@ use std::task::{Context, Poll, Waker};
 
 use deadpool_postgres::Object;
 use tokio_postgres::Statement;
+use tokio_postgres::types::ToSql;
 
 use crate::error::{Error, Result};
 use crate::send::{
@@ -38,13 +39,23 @@ use crate::send::{
 pub(crate) trait Lazy: Sync {
     /// See [`Pipeline::before_statement`].
     fn before_statement(&self);
+
+    /// See [`Pipeline::unawaited`].
+    fn unawaited(&self, statement: Statement, params: Vec<Param>, op: &str);
 }
 
 impl Lazy for Pipeline<'_> {
     fn before_statement(&self) {
         Pipeline::before_statement(self);
     }
+
+    fn unawaited(&self, statement: Statement, params: Vec<Param>, op: &str) {
+        Pipeline::unawaited(self, statement, params, op);
+    }
 }
+
+/// A bind parameter the pipeline keeps until its statement is sent.
+pub type Param = Box<dyn ToSql + Send + Sync>;
 
 type Pending<'c> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'c>>;
 
@@ -221,6 +232,26 @@ impl<'c> Pipeline<'c> {
         };
         self.write_sends();
         self.launch_simple(command, "savepoint");
+    }
+
+    /// Sends a handler's statement whose answer it does not wait for, behind its
+    /// savepoint; the answer is read with the batch's others, and an error fails the
+    /// batch. See [`Tx::execute_unawaited`](crate::Tx::execute_unawaited) for why only
+    /// an error the server raises can.
+    pub fn unawaited(&self, statement: Statement, params: Vec<Param>, op: &str) {
+        self.before_statement();
+        let client = self.client;
+        let op = op.to_owned();
+        self.launch(async move {
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            match client.execute(&statement, &refs).await {
+                Ok(_) => Ok(()),
+                Err(source) => Err(Error::Database { op, source }),
+            }
+        });
     }
 
     /// Sends `sql` as a simple query, without waiting; `op` names it in an error.
