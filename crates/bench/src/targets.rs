@@ -17,7 +17,7 @@ fn target(what: &str, measured: Option<f64>, bound: Bound, unit: &str) -> Target
                 Bound::Below(limit) => value < limit,
             };
             (
-                format!("{value:.2}{unit}"),
+                shown(value, &bound, unit),
                 if met { "met" } else { "missed" }.to_owned(),
             )
         }
@@ -32,6 +32,19 @@ fn target(what: &str, measured: Option<f64>, bound: Bound, unit: &str) -> Target
         measured: shown,
         target,
         verdict,
+    }
+}
+
+/// `value` to two places, or to four where two would show it on the bound itself (0.7996
+/// against at least 0.80), so that a reader sees why the verdict went the way it did.
+fn shown(value: f64, bound: &Bound, unit: &str) -> String {
+    let limit = match bound {
+        Bound::AtLeast(limit) | Bound::Below(limit) => *limit,
+    };
+    if format!("{value:.2}") == format!("{limit:.2}") && value != limit {
+        format!("{value:.4}{unit}")
+    } else {
+        format!("{value:.2}{unit}")
     }
 }
 
@@ -134,6 +147,32 @@ mod tests {
         assert_eq!(
             target("x", None, Bound::Below(2.0), "").verdict,
             "not measured"
+        );
+    }
+
+    #[test]
+    fn a_figure_that_rounds_onto_its_bound_shows_more_places() {
+        let missed = target("x", Some(0.79897), Bound::AtLeast(0.8), "");
+        assert_eq!(
+            (missed.measured.as_str(), missed.verdict.as_str()),
+            ("0.7990", "missed")
+        );
+        let met = target("x", Some(0.80312), Bound::AtLeast(0.8), "");
+        assert_eq!(
+            (met.measured.as_str(), met.verdict.as_str()),
+            ("0.8031", "met")
+        );
+        assert_eq!(
+            target("x", Some(0.8), Bound::AtLeast(0.8), "").measured,
+            "0.80"
+        );
+        assert_eq!(
+            target("x", Some(0.8512), Bound::AtLeast(0.8), "").measured,
+            "0.85"
+        );
+        assert_eq!(
+            target("x", Some(1.996), Bound::Below(2.0), " ms").measured,
+            "1.9960 ms"
         );
     }
 }
