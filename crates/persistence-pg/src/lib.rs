@@ -145,17 +145,22 @@
 //! Inside the receive transaction, for a message of type `M`:
 //!
 //! 1. the saga row of `(Saga::NAME, correlate(msg))` in `bus.sagas` is locked with
-//!    `SELECT ... FOR UPDATE`; if there is none and `M` may start the saga, it is created
-//!    with `INSERT ... ON CONFLICT DO NOTHING` and then locked. Two start messages racing
-//!    on two instances make exactly one saga: the second insert waits for the first
-//!    transaction and then finds its row, so neither fails and no retry is spent;
+//!    `SELECT ... FOR UPDATE`; when `M` may start the saga, one statement instead creates
+//!    it (`INSERT ... ON CONFLICT DO NOTHING`) or locks the row that is there. Two start
+//!    messages racing on two instances make exactly one saga: the second insert waits for
+//!    the first transaction, and the statement run again locks its row, so neither fails
+//!    and no retry is spent;
 //! 2. the handler runs with the data (decoded from jsonb) and a [`SagaContext`], through
 //!    which it writes business rows, sends, publishes, replies (to the sender, or to the
 //!    saga's originator, whose `reply_to` was stored at the start), requests timeouts
 //!    and marks the saga complete;
 //! 3. the data is saved with its version raised; a completed saga instead becomes a
 //!    closed record (`state = 'completed'`, `completed_at`) and its pending timeouts are
-//!    deleted from the endpoint's delayed table, in the same transaction.
+//!    deleted from the endpoint's delayed table, in the same transaction. In a pipelined
+//!    batch these go out without the step waiting for their answers
+//!    ([`transport_pg::Tx::execute_unawaited`]); the save raises an error on the server
+//!    unless it changed its row, which fails the batch, and the retake, where every
+//!    statement is awaited, reports the conflict.
 //!
 //! The host runs each handler in a savepoint, so a failing step rolls back the saga's
 //! change together with the business writes and the sends, and the message is retried.

@@ -9,6 +9,8 @@
 //! statement that could see them (a handler's first statement, or COMMIT), and a handler
 //! gets its savepoint only when it first touches the transaction.
 //! A handler that never does has nothing to roll back: its sends are still in memory.
+//! A handler may also send a statement whose answer it does not wait for
+//! ([`Tx::execute_unawaited`](crate::Tx::execute_unawaited)); it is answered like the rest.
 //!
 //! Every request goes out at once and its answer is checked later, oldest first; a failed
 //! one fails the batch, which the pump then rolls back and retakes message by message

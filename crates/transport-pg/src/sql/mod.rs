@@ -1,6 +1,6 @@
 //! Every SQL statement the transport runs, in one place, named table first, verb second.
 //!
-//! Dynamic identifiers come only from a validated [`EndpointName`](crate::EndpointName),
+//! Dynamic identifiers come only from a validated [`EndpointName`],
 //! quoted when its [`QueueTables`] are built; every value is a bind parameter.
 
 pub mod delayed;
