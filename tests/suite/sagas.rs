@@ -1157,7 +1157,9 @@ async fn a_save_that_changes_no_row_fails_its_step_in_a_pipelined_batch_too() {
         .await
         .unwrap();
     let pokes_sent = sink_count(&db, "sagatest.Poked").await;
-    // One batch: the failing steps (a save, then a close) between two that succeed.
+    // Most likely one batch (the sends are separate commits, so it may be split; a batch
+    // of one is pipelined too): the failing steps, a save then a close, between two that
+    // succeed.
     client.send(&poke("v-ok")).await.unwrap();
     client.send(&poke("v-bad")).await.unwrap();
     client.send(&shipped("v-bad")).await.unwrap();
@@ -1375,6 +1377,68 @@ async fn operators_find_list_and_purge_sagas() {
             .is_none()
     );
     assert_eq!(db.count("SELECT count(*) FROM bus.sagas").await, 1);
+}
+
+/// The checked save and close, which a pipelined step sends without waiting: each changes
+/// its row and answers one row when the version matches, and otherwise raises an error
+/// that says so, so the transaction cannot commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checked_saves_change_their_row_and_raise_only_when_they_change_none() {
+    use persistence_pg::sql::{SAGA_CLOSE_CHECKED, SAGA_SAVE_CHECKED};
+
+    let db = setup().await;
+    let client = db.client().await;
+    let id = uuid::Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO bus.sagas (id, saga_type, correlation, data, started_by) \
+             VALUES ($1, 't.Type1', 'chk', '{}', 't.Start')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let data = serde_json::json!({ "step": 1 });
+    let run = |sql: &'static str, version: i64| {
+        let client = &client;
+        let data = &data;
+        async move { client.query(sql, &[&id, &version, data]).await }
+    };
+
+    let saved = run(SAGA_SAVE_CHECKED, 0)
+        .await
+        .expect("a save at the right version");
+    assert_eq!(saved.len(), 1);
+    let stale = run(SAGA_SAVE_CHECKED, 0)
+        .await
+        .expect_err("a save at a stale version");
+    let message = stale.as_db_error().expect("raised by the server").message();
+    assert!(
+        message.contains("was not saved: 0 rows at version 0"),
+        "{message}"
+    );
+
+    run(SAGA_CLOSE_CHECKED, 1)
+        .await
+        .expect("a close at the right version");
+    let again = run(SAGA_CLOSE_CHECKED, 2)
+        .await
+        .expect_err("a close of a closed saga");
+    let message = again.as_db_error().expect("raised by the server").message();
+    assert!(
+        message.contains("was not saved: 0 rows open at version 2"),
+        "{message}"
+    );
+
+    let row = client
+        .query_one(
+            "SELECT version, state, data FROM bus.sagas WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 2);
+    assert_eq!(row.get::<_, String>(1), "completed");
+    assert_eq!(row.get::<_, serde_json::Value>(2), data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -293,8 +293,8 @@ impl<S: Saga> Runtime<S> {
                     return Ok(Found::Open(instance, true));
                 }
                 Some((instance, false)) => return Ok(classify(instance)),
-                // Another transaction made it first, after this statement's snapshot was
-                // taken; the next statement's snapshot has the row.
+                // Another transaction made the row after this statement's snapshot was
+                // taken, or purged it meanwhile; the next statement sees which.
                 None => continue,
             }
         }

@@ -113,7 +113,7 @@ WHERE id = $1
 /// is built from the row count, so the planner cannot fold the cast into an error at
 /// planning time.
 macro_rules! checked {
-    ($update:expr) => {
+    ($update:expr, $wanted:literal) => {
         concat!(
             "WITH saved AS (\n",
             $update,
@@ -121,7 +121,9 @@ macro_rules! checked {
 )
 SELECT CASE count(*) WHEN 1 THEN 1
        ELSE ('saga ' || $1 || ' was not saved: ' || count(*)
-             || ' rows at version ' || $2 || ' and open')::int
+             || ' rows ",
+            $wanted,
+            "')::int
        END
 FROM saved"
         )
@@ -134,7 +136,7 @@ pub const SAGA_SAVE: &str = save_update!();
 
 /// [`SAGA_SAVE`], raising an error unless it saved the row: for a save whose answer is
 /// not awaited.
-pub const SAGA_SAVE_CHECKED: &str = checked!(save_update!());
+pub const SAGA_SAVE_CHECKED: &str = checked!(save_update!(), "at version ' || $2 || '");
 
 /// Saves saga `$1`'s final data `$3` and closes it, if its version is still `$2`. The row
 /// stays as a closed record until the purge.
@@ -142,7 +144,7 @@ pub const SAGA_CLOSE: &str = close_update!();
 
 /// [`SAGA_CLOSE`], raising an error unless it closed the row: for a close whose answer is
 /// not awaited.
-pub const SAGA_CLOSE_CHECKED: &str = checked!(close_update!());
+pub const SAGA_CLOSE_CHECKED: &str = checked!(close_update!(), "open at version ' || $2 || '");
 
 /// Deletes up to `$3` closed records of type `$1` that completed more than `$2`
 /// milliseconds ago, by the database's clock.

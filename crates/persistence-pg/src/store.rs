@@ -218,8 +218,10 @@ pub(crate) struct NewSaga<'a> {
 }
 
 /// Creates the saga, or locks it when its key exists: the row and whether this call
-/// created it. `None` when another transaction created it and had not committed when
-/// this call began (it then waited for that commit); a second call locks the row.
+/// created it. `None` when the row this call did not create is not one its snapshot
+/// holds: another transaction created it and committed after this call began (perhaps
+/// while this one waited for it), or deleted it (a purge) while this call waited for its
+/// lock. A second call locks the row, or creates it.
 pub(crate) async fn lock_or_create(
     exec: &impl Executor,
     new: &NewSaga<'_>,

@@ -176,7 +176,10 @@ impl Tx<'_> {
     /// The batch's COMMIT goes out before this answer is read, and only an error stops
     /// it (a transaction an error aborted does not commit). So what the caller would
     /// check in the answer, such as that one row changed, the statement must check on
-    /// the server, raising an error when it does not hold.
+    /// the server, raising an error when it does not hold. For the same reason a handler
+    /// must not roll back to a savepoint of its own after such a statement: that would
+    /// let the transaction recover on the server and commit, while the batch reports the
+    /// error it swallowed.
     pub async fn execute_unawaited(
         &self,
         sql: &str,
