@@ -261,33 +261,32 @@ pub(crate) async fn save(
     data: Value,
     close: bool,
 ) -> Result<(), SagaError> {
-    let op = if close { "close" } else { "save" };
+    // The checked statement's own error names the saga, so the op can stay static.
+    let (plain, checked, op, pipelined_op) = if close {
+        (
+            sql::SAGA_CLOSE,
+            sql::SAGA_CLOSE_CHECKED,
+            "close",
+            "close saga",
+        )
+    } else {
+        (sql::SAGA_SAVE, sql::SAGA_SAVE_CHECKED, "save", "save saga")
+    };
     let key = instance.id.to_string();
     let failed = db(op, saga_type, &key);
     if tx.is_pipelined() {
-        let statement = if close {
-            sql::SAGA_CLOSE_CHECKED
-        } else {
-            sql::SAGA_SAVE_CHECKED
-        };
         let params: Vec<Param> = vec![
             Box::new(instance.id),
             Box::new(instance.version),
             Box::new(data),
         ];
-        let what = format!("{op} saga {saga_type} {}", instance.id);
         return tx
-            .execute_unawaited(statement, params, &what)
+            .execute_unawaited(checked, params, pipelined_op)
             .await
             .map_err(failed);
     }
 
-    let statement = if close {
-        sql::SAGA_CLOSE
-    } else {
-        sql::SAGA_SAVE
-    };
-    let saved = execute(tx, statement, &[&instance.id, &instance.version, &data])
+    let saved = execute(tx, plain, &[&instance.id, &instance.version, &data])
         .await
         .map_err(failed)?;
     if saved != 1 {

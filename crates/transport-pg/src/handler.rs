@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::executor::Executor;
 use crate::failure::HandlerError;
 use crate::name::EndpointName;
-use crate::pipeline::{Lazy, Param, Pipeline};
+use crate::pipeline::{Lazy, Param, Pipeline, param_refs};
 use crate::send::{Delivery, Origin, Outgoing};
 use crate::subscriptions::Publication;
 
@@ -184,17 +184,15 @@ impl Tx<'_> {
         &self,
         sql: &str,
         params: Vec<Param>,
-        op: &str,
+        op: &'static str,
     ) -> Result<(), tokio_postgres::Error> {
         let statement = self.prepare(sql).await?;
         match self.pipeline {
             Some(pipeline) => pipeline.unawaited(statement, params, op),
             None => {
-                let refs: Vec<&(dyn ToSql + Sync)> = params
-                    .iter()
-                    .map(|param| param.as_ref() as &(dyn ToSql + Sync))
-                    .collect();
-                self.client.execute(&statement, &refs).await?;
+                self.client
+                    .execute(&statement, &param_refs(&params))
+                    .await?;
             }
         }
         Ok(())
@@ -371,9 +369,8 @@ impl<'a> Context<'a> {
     /// inside the receive transaction; returns how many were deleted. Timeouts requested
     /// by this same handler call are not yet written and are not affected.
     pub async fn cancel_timeouts(&self, saga_id: Uuid) -> Result<u64> {
-        let delayed = self.origin_self()?.tables().delayed;
         self.tx
-            .execute(&crate::sql::delayed::delete_for_saga(&delayed), &[&saga_id])
+            .execute(&self.cancel_timeouts_sql()?, &[&saga_id])
             .await
             .map_err(crate::error::Error::db("cancel saga timeouts"))
     }
@@ -382,15 +379,20 @@ impl<'a> Context<'a> {
     /// count: in a pipelined batch, without waiting for the answer (see
     /// [`Tx::execute_unawaited`]).
     pub async fn cancel_timeouts_unawaited(&self, saga_id: Uuid) -> Result<()> {
-        let delayed = self.origin_self()?.tables().delayed;
         self.tx
             .execute_unawaited(
-                &crate::sql::delayed::delete_for_saga(&delayed),
+                &self.cancel_timeouts_sql()?,
                 vec![Box::new(saga_id)],
                 "cancel saga timeouts",
             )
             .await
             .map_err(crate::error::Error::db("cancel saga timeouts"))
+    }
+
+    /// The statement deleting a saga's timeouts from this endpoint's delayed table.
+    fn cancel_timeouts_sql(&self) -> Result<String> {
+        let delayed = self.origin_self()?.tables().delayed;
+        Ok(crate::sql::delayed::delete_for_saga(&delayed))
     }
 
     /// This endpoint's own name. Every context is made by an endpoint's pump, which has a

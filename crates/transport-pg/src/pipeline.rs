@@ -43,7 +43,7 @@ pub(crate) trait Lazy: Sync {
     fn before_statement(&self);
 
     /// See [`Pipeline::unawaited`].
-    fn unawaited(&self, statement: Statement, params: Vec<Param>, op: &str);
+    fn unawaited(&self, statement: Statement, params: Vec<Param>, op: &'static str);
 }
 
 impl Lazy for Pipeline<'_> {
@@ -51,13 +51,21 @@ impl Lazy for Pipeline<'_> {
         Pipeline::before_statement(self);
     }
 
-    fn unawaited(&self, statement: Statement, params: Vec<Param>, op: &str) {
+    fn unawaited(&self, statement: Statement, params: Vec<Param>, op: &'static str) {
         Pipeline::unawaited(self, statement, params, op);
     }
 }
 
 /// A bind parameter the pipeline keeps until its statement is sent.
 pub type Param = Box<dyn ToSql + Send + Sync>;
+
+/// `params` as the driver takes them.
+pub(crate) fn param_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
 
 type Pending<'c> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'c>>;
 
@@ -240,19 +248,16 @@ impl<'c> Pipeline<'c> {
     /// savepoint; the answer is read with the batch's others, and an error fails the
     /// batch. See [`Tx::execute_unawaited`](crate::Tx::execute_unawaited) for why only
     /// an error the server raises can.
-    pub fn unawaited(&self, statement: Statement, params: Vec<Param>, op: &str) {
+    pub fn unawaited(&self, statement: Statement, params: Vec<Param>, op: &'static str) {
         self.before_statement();
         let client = self.client;
-        let op = op.to_owned();
         self.launch(async move {
-            let refs: Vec<&(dyn ToSql + Sync)> = params
-                .iter()
-                .map(|param| param.as_ref() as &(dyn ToSql + Sync))
-                .collect();
-            match client.execute(&statement, &refs).await {
-                Ok(_) => Ok(()),
-                Err(source) => Err(Error::Database { op, source }),
-            }
+            let refs = param_refs(&params);
+            client
+                .execute(&statement, &refs)
+                .await
+                .map_err(Error::db(op))?;
+            Ok(())
         });
     }
 
