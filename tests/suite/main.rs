@@ -17,4 +17,5 @@ mod sagas;
 mod send;
 mod staying_up;
 mod system;
+mod upkeep;
 mod wakeup;

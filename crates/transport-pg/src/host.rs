@@ -29,6 +29,7 @@ use crate::recoverability::{RetryPolicy, Throttle};
 use crate::send::{DEFAULT_MAX_BODY_BYTES, Origin, Routes, Sender};
 use crate::sql::QueueStatements;
 use crate::subscriptions::{SUBSCRIPTION_CACHE_TTL, SubscriberCache, subscribe};
+use crate::upkeep::{QueueUpkeep, ReceivedCount, UpkeepConfig};
 use crate::wakeup::{Notifier, WakeupListener};
 
 /// The largest batch: more than 64 savepoints in one transaction overflow PostgreSQL's
@@ -58,6 +59,7 @@ pub struct EndpointBuilder {
     wakeups: bool,
     max_body: usize,
     headers: Headers,
+    upkeep: UpkeepConfig,
 }
 
 impl EndpointBuilder {
@@ -73,6 +75,7 @@ impl EndpointBuilder {
             wakeups: true,
             max_body: DEFAULT_MAX_BODY_BYTES,
             headers: Headers::new(),
+            upkeep: UpkeepConfig::default(),
         }
     }
 
@@ -143,6 +146,17 @@ impl EndpointBuilder {
     /// endpoint only polls, for networks where LISTEN is not allowed.
     pub fn wakeups(mut self, on: bool) -> Self {
         self.wakeups = on;
+        self
+    }
+
+    /// Vacuums the queue table after every `messages` received by this process, at most
+    /// once per `min_gap` (default 20,000 and 2 s); `messages` 0 leaves the table to
+    /// autovacuum alone. See [`UpkeepConfig`].
+    pub fn queue_vacuum(mut self, messages: u64, min_gap: Duration) -> Self {
+        self.upkeep = UpkeepConfig {
+            every: messages,
+            min_gap,
+        };
         self
     }
 
@@ -231,6 +245,7 @@ impl EndpointBuilder {
             database = ?self.db,
             pool_size,
             config = ?self.config,
+            upkeep = ?self.upkeep,
             wakeups = self.wakeups,
             "effective configuration"
         );
@@ -257,6 +272,7 @@ impl EndpointBuilder {
         let sender = Sender::from_parts(origin.clone(), pool.clone(), notifier.clone());
 
         let statements = Arc::new(QueueStatements::new(&name.tables(), self.config.batch_size));
+        let received = ReceivedCount::default();
         let pump = Arc::new(Pump {
             statements: statements.clone(),
             endpoint: name.clone(),
@@ -267,6 +283,7 @@ impl EndpointBuilder {
             config: self.config.clone(),
             careful: CarefulMode::new(),
             claim_class: claim_class(&name),
+            received: received.clone(),
             throttle: Throttle::new(self.config.throttle_after, self.config.throttle_pause),
             outage: outage.clone(),
             work: tokio::sync::Notify::new(),
@@ -297,6 +314,14 @@ impl EndpointBuilder {
             outage,
         };
         workers.spawn(mover.run(wake_delayed, stop.clone()));
+        let upkeep = QueueUpkeep {
+            endpoint: name.clone(),
+            pool: pump.pool.clone(),
+            queue: name.tables().queue,
+            received,
+            config: self.upkeep,
+        };
+        workers.spawn(upkeep.run(stop.clone()));
         workers.spawn(pump.clone().relay_wakeups(wake, stop.clone()));
         for worker in 0..self.config.concurrency {
             workers.spawn(pump.clone().run_worker(worker, stop.clone()));

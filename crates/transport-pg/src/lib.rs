@@ -85,6 +85,7 @@ mod recoverability;
 mod send;
 pub mod sql;
 mod subscriptions;
+mod upkeep;
 pub mod wakeup;
 
 pub use connect::{Database, DatabaseSettings};
@@ -106,6 +107,7 @@ pub use receive::PumpConfig;
 pub use recoverability::{NextStep, RetryPolicy};
 pub use send::{DEFAULT_MAX_BODY_BYTES, Delivery, Outbox, Routes, Sender, SenderBuilder};
 pub use subscriptions::{SUBSCRIPTION_CACHE_TTL, decommission, subscribe, unsubscribe};
+pub use upkeep::UpkeepConfig;
 
 /// This machine's host name, for the `sending_host` header.
 pub(crate) fn host_name() -> String {

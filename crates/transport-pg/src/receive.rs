@@ -37,6 +37,7 @@ use crate::pipeline::Pipeline;
 use crate::recoverability::{NextStep, RetryPolicy, Throttle};
 use crate::send::{Delivery, Origin, Outgoing, Written, write_outgoing};
 use crate::sql::{self, QueueStatements, Receive};
+use crate::upkeep::ReceivedCount;
 use crate::wakeup::Notifier;
 
 /// How the pump takes and retries messages.
@@ -109,6 +110,8 @@ pub(crate) struct Pump {
     pub careful: CarefulMode,
     /// The advisory lock class of this endpoint's claims.
     pub claim_class: i32,
+    /// Messages received, for the queue upkeep.
+    pub received: ReceivedCount,
     pub throttle: Throttle,
     pub outage: Outage,
     /// Wakes one idle worker: for each wake-up of the endpoint's queue (see
@@ -604,6 +607,7 @@ impl Pump {
 
     /// Decodes rows, sorts them by seq and then (stably) by lock key.
     fn prepare_batch(&self, rows: &[tokio_postgres::Row]) -> Vec<(Received, Parsed)> {
+        self.received.add(rows.len());
         let mut received: Vec<Received> = rows
             .iter()
             .map(|row| Received {

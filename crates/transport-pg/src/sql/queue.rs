@@ -140,6 +140,15 @@ RETURNING seq, message_id, headers, body, enqueued_at, claims"
     )
 }
 
+/// Vacuums the queue table, unless another vacuum holds it (see [`crate::upkeep`]).
+/// Without truncating: cutting the empty pages off the end takes a lock that stops every
+/// receive and send meanwhile, and a busy queue grows back into them within seconds
+/// (autovacuum still truncates on its visits). VACUUM takes no parameters; `queue` is the
+/// validated, quoted name.
+pub fn vacuum(queue: &str) -> String {
+    format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {queue}")
+}
+
 /// Raises the claim count of the oldest unlocked row after `$1`, in a short transaction
 /// of its own that commits before the handler runs: if the handler then kills the
 /// process, the count survives, and a message that keeps killing its process reaches the
