@@ -225,6 +225,27 @@ impl Handler<Ping> for Pinger {
     }
 }
 
+/// Sends `count` plain notes numbered from 0 through `sender`, `per_tx` to a transaction.
+pub async fn send_numbered_notes(sender: &Sender, count: usize, per_tx: usize) {
+    let mut client = sender.pool().get().await.unwrap();
+    for chunk in 0..count / per_tx {
+        let tx = client.transaction().await.unwrap();
+        let mut outbox = sender.outbox();
+        for i in 0..per_tx {
+            let text = format!("{}", chunk * per_tx + i);
+            outbox
+                .send(&Note {
+                    text,
+                    ..Note::default()
+                })
+                .unwrap();
+        }
+        outbox.write(&tx).await.unwrap();
+        tx.commit().await.unwrap();
+        outbox.committed();
+    }
+}
+
 /// Sends `count` plain notes to `to` and waits until `records` has `count` more rows, so
 /// that the endpoint has left its careful mode (twenty successes) before a test starts.
 pub async fn warm_up(db: &TestDb, to: &str, count: usize) {

@@ -8,7 +8,9 @@ use serde_json::Value;
 use tests::{TestDb, wait_until};
 use transport_pg::Sender;
 
-use crate::fixtures::{Mode, Note, create_records, install_only, sender, start_recorder};
+use crate::fixtures::{
+    Mode, Note, create_records, install_only, send_numbered_notes, sender, start_recorder,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn competing_consumers_take_every_message_exactly_once() {
@@ -21,23 +23,7 @@ async fn competing_consumers_take_every_message_exactly_once() {
 
     // Fill the queue first, in transactions of a thousand, so both hosts start on a
     // full queue and really compete.
-    let mut client = sender.pool().get().await.unwrap();
-    for chunk in 0..MESSAGES / 1000 {
-        let tx = client.transaction().await.unwrap();
-        let mut outbox = sender.outbox();
-        for i in 0..1000 {
-            let text = format!("{}", chunk * 1000 + i);
-            outbox
-                .send(&Note {
-                    text,
-                    ..Note::default()
-                })
-                .unwrap();
-        }
-        outbox.write(&tx).await.unwrap();
-        tx.commit().await.unwrap();
-    }
-    drop(client);
+    send_numbered_notes(&sender, MESSAGES, 1000).await;
 
     let calls = Arc::new(AtomicU32::new(0));
     let one = start_recorder(&database, "crowd", calls.clone(), |b| b.concurrency(4)).await;

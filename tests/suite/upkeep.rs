@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tests::{TestDb, wait_until};
 
-use crate::fixtures::{Note, create_records, sender, start_recorder};
+use crate::fixtures::{create_records, send_numbered_notes, sender, start_recorder};
 
 /// Manual (not auto-) vacuums of `table` in schema bus so far.
 async fn vacuums(db: &TestDb, table: &str) -> i64 {
@@ -34,23 +34,7 @@ async fn run_notes(db: &TestDb, name: &str, messages: u64, gap: Duration, count:
     .await;
 
     let sender = sender(&database, name);
-    let mut client = sender.pool().get().await.unwrap();
-    for chunk in 0..count / 100 {
-        let tx = client.transaction().await.unwrap();
-        let mut outbox = sender.outbox();
-        for i in 0..100 {
-            let text = format!("{}", chunk * 100 + i);
-            outbox
-                .send(&Note {
-                    text,
-                    ..Note::default()
-                })
-                .unwrap();
-        }
-        outbox.write(&tx).await.unwrap();
-        tx.commit().await.unwrap();
-        outbox.committed();
-    }
+    send_numbered_notes(&sender, count, 100).await;
     let handled = wait_until(Duration::from_secs(60), || async {
         db.count("SELECT count(*) FROM records").await >= count as i64
     })

@@ -148,7 +148,21 @@ pub struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     service::init_logging(service::LogFormat::Human, "warn");
-    match plan::run(args).await {
+
+    // On SIGINT or SIGTERM the run is dropped, and with it every child process (each is
+    // killed on drop): the endpoints would otherwise outlive the bench, ride out the
+    // lost database as they are built to, and join the next run's order flow.
+    let outcome = tokio::select! {
+        outcome = plan::run(args) => outcome,
+        signal = transport_pg::wait_for_signal() => {
+            match signal {
+                Ok(()) => eprintln!("bench: stopped by a signal; its child processes killed"),
+                Err(error) => eprintln!("bench: {}", transport_pg::error_chain(&error)),
+            }
+            return ExitCode::from(130);
+        }
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("bench: {}", chain(&error));
