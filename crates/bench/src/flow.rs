@@ -273,6 +273,23 @@ async fn drive(
         placed?;
     }
     let orders = per_placer * PLACERS;
+    // The backlog must all still be waiting: a Sales left running by an earlier run
+    // that was killed would have taken it, and the window would measure nothing.
+    let waiting: i64 = client
+        .query_one("SELECT count(*) FROM bus.sales_queue", &[])
+        .await
+        .map_err(Error::db("count the backlog"))?
+        .get(0);
+    if waiting < orders as i64 {
+        return Err(Error::Process {
+            program: "sales".to_owned(),
+            reason: format!(
+                "only {waiting} of the {orders} orders placed wait in bus.sales_queue with \
+                 Sales stopped: another consumer is taking them (a sales process left over \
+                 from an earlier run?)"
+            ),
+        });
+    }
     let before = hop_counts(server, db).await?;
     let commits_before = commits(&client, db).await?;
     let (sales, _) =
