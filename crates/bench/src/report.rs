@@ -544,7 +544,11 @@ impl Report {
                             "dead tuples {}",
                             thousands(soak.table_end.dead_tuples as f64)
                         ),
-                        &format!("autovacuums {}", soak.table_end.autovacuums),
+                        &format!(
+                            "vacuums {} + auto {}",
+                            soak.table_end.vacuums - soak.table_start.vacuums,
+                            soak.table_end.autovacuums - soak.table_start.autovacuums
+                        ),
                     ],
                 );
             }

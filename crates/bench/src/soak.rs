@@ -54,6 +54,8 @@ pub struct TableState {
     pub dead_tuples: i64,
     /// Autovacuum runs so far.
     pub autovacuums: i64,
+    /// Manual vacuums so far: the bench's before the soak, the endpoint's own during it.
+    pub vacuums: i64,
 }
 
 /// The table at one moment of the soak.
@@ -72,7 +74,7 @@ async fn table_state(client: &Client, queue_bare: &str) -> Result<TableState> {
         .query_one(
             "SELECT pg_total_relation_size(c.oid), \
                     pg_relation_size(i.indexrelid), \
-                    s.n_live_tup, s.n_dead_tup, s.autovacuum_count \
+                    s.n_live_tup, s.n_dead_tup, s.autovacuum_count, s.vacuum_count \
              FROM pg_class AS c \
              JOIN pg_namespace AS n ON n.oid = c.relnamespace \
              JOIN pg_stat_user_tables AS s ON s.relid = c.oid \
@@ -88,6 +90,7 @@ async fn table_state(client: &Client, queue_bare: &str) -> Result<TableState> {
         live_tuples: row.get(2),
         dead_tuples: row.get(3),
         autovacuums: row.get(4),
+        vacuums: row.get(5),
     })
 }
 
