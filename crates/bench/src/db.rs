@@ -115,6 +115,14 @@ pub async fn vacuum(client: &Client, table: &str) -> Result<()> {
         .map_err(Error::db(format!("vacuum {table}")))
 }
 
+/// Runs a checkpoint, so that none starts inside the section that follows.
+pub async fn checkpoint(client: &Client) -> Result<()> {
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .map_err(Error::db("checkpoint"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,7 +172,7 @@ async fn main() -> ExitCode {
 }
 
 /// The error and its sources, joined.
-fn chain(error: &Error) -> String {
+pub(crate) fn chain(error: &Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

@@ -49,6 +49,13 @@ impl Default for UpkeepConfig {
     }
 }
 
+/// Whether a vacuum or an analyze of table `$1` (a regclass name) is running now, by
+/// autovacuum or anyone else. VACUUM (SKIP_LOCKED) would pass over the table then anyway,
+/// but it says so with a WARNING in the server's log each time.
+const BEING_VACUUMED: &str = "\
+SELECT EXISTS (SELECT 1 FROM pg_stat_progress_vacuum WHERE relid = $1::text::regclass)
+    OR EXISTS (SELECT 1 FROM pg_stat_progress_analyze WHERE relid = $1::text::regclass)";
+
 /// How often the task looks at the count.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -140,6 +147,17 @@ impl QueueUpkeep {
                 "queue upkeep off: this role does not own the queue table, so it cannot \
                  vacuum it; autovacuum alone keeps it");
             return Ok(false);
+        }
+
+        let busy: bool = client
+            .query_one(BEING_VACUUMED, &[&self.queue])
+            .await
+            .map_err(Error::db("check for a vacuum of the queue"))?
+            .get(0);
+        if busy {
+            debug!(endpoint = %self.endpoint, queue = %self.queue,
+                "the queue is being vacuumed or analyzed already; skipping this turn");
+            return Ok(true);
         }
 
         let started = Instant::now();
