@@ -237,9 +237,9 @@ impl EndpointBuilder {
         subscribe(&client, &name, &event_names).await?;
         drop(client);
 
-        // One connection per worker, one for the mover, and two spare for sends from
-        // outside handlers.
-        let pool_size = self.config.concurrency + 3;
+        // One connection per worker, one for the mover, one for the queue upkeep's moments,
+        // and two spare for sends from outside handlers.
+        let pool_size = self.config.concurrency + 4;
         info!(
             endpoint = %name,
             database = ?self.db,
