@@ -227,6 +227,11 @@ impl Handler<Ping> for Pinger {
 
 /// Sends `count` plain notes numbered from 0 through `sender`, `per_tx` to a transaction.
 pub async fn send_numbered_notes(sender: &Sender, count: usize, per_tx: usize) {
+    assert_eq!(
+        count % per_tx,
+        0,
+        "{count} notes do not fill transactions of {per_tx}"
+    );
     let mut client = sender.pool().get().await.unwrap();
     for chunk in 0..count / per_tx {
         let tx = client.transaction().await.unwrap();

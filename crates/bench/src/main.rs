@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::Error;
 
@@ -152,15 +153,17 @@ async fn main() -> ExitCode {
     // On SIGINT or SIGTERM the run is dropped, and with it every child process (each is
     // killed on drop): the endpoints would otherwise outlive the bench, ride out the
     // lost database as they are built to, and join the next run's order flow.
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            eprintln!("bench: cannot install the SIGTERM handler: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let outcome = tokio::select! {
         outcome = plan::run(args) => outcome,
-        signal = transport_pg::wait_for_signal() => {
-            match signal {
-                Ok(()) => eprintln!("bench: stopped by a signal; its child processes killed"),
-                Err(error) => eprintln!("bench: {}", transport_pg::error_chain(&error)),
-            }
-            return ExitCode::from(130);
-        }
+        _ = tokio::signal::ctrl_c() => return stopped("SIGINT", 130),
+        _ = term.recv() => return stopped("SIGTERM", 143),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +172,12 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Says that a signal stopped the run; `code` is the shell's for that signal.
+fn stopped(signal: &str, code: u8) -> ExitCode {
+    eprintln!("bench: stopped by {signal}; its child processes killed");
+    ExitCode::from(code)
 }
 
 /// The error and its sources, joined.

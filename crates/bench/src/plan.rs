@@ -350,9 +350,11 @@ impl Bench {
         })
     }
 
-    /// Checkpoints before a long section, ahead of its set-up. With `max_wal_size` at 8 GB a
-    /// checkpoint starts after every 4.4 GB or so of WAL, which the ring cells before the
-    /// soak write, and one that starts inside a section slows what follows it: every page
+    /// Checkpoints before a long section, ahead of its set-up. `checkpoint_timeout` is 30
+    /// min, so none falls due by time inside a section of a few minutes, but with
+    /// `max_wal_size` at 8 GB one starts after every 4.4 GB or so of WAL, which the ring
+    /// cells before the soak write, and one that starts inside a section slows what
+    /// follows it: every page
     /// then changed for the first time since is written whole to the WAL, and the
     /// checkpointer writes on the shared disk. In one run its start fell 8 s before the
     /// soak's end and the soak's last window lost a tenth. A failure (no right to

@@ -54,7 +54,7 @@ pub struct TableState {
     pub dead_tuples: i64,
     /// Autovacuum runs so far.
     pub autovacuums: i64,
-    /// Manual vacuums so far: the bench's before the soak, the endpoint's own during it.
+    /// Manual vacuums so far; during the soak, the endpoint's own.
     pub vacuums: i64,
 }
 

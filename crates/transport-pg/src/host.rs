@@ -237,9 +237,10 @@ impl EndpointBuilder {
         subscribe(&client, &name, &event_names).await?;
         drop(client);
 
-        // One connection per worker, one for the mover, one for the queue upkeep's moments,
-        // and two spare for sends from outside handlers.
-        let pool_size = self.config.concurrency + 4;
+        // One connection per worker, one for the mover, two spare for sends from outside
+        // handlers, and one the queue upkeep borrows for its vacuums.
+        let upkeep_connection = usize::from(self.upkeep.every > 0);
+        let pool_size = self.config.concurrency + 3 + upkeep_connection;
         info!(
             endpoint = %name,
             database = ?self.db,
