@@ -354,17 +354,13 @@ impl Bench {
     /// min, so none falls due by time inside a section of a few minutes, but with
     /// `max_wal_size` at 8 GB one starts after every 4.4 GB or so of WAL, which the ring
     /// cells before the soak write, and one that starts inside a section slows what
-    /// follows it: every page
-    /// then changed for the first time since is written whole to the WAL, and the
-    /// checkpointer writes on the shared disk. In one run its start fell 8 s before the
-    /// soak's end and the soak's last window lost a tenth. A failure (no right to
-    /// CHECKPOINT on a server of the user's) is noted, not fatal.
+    /// follows it: every page then changed for the first time since is written whole to
+    /// the WAL, and the checkpointer writes on the shared disk. In one run its start fell
+    /// 8 s before the soak's end and the soak's last window lost a tenth. A failure (no
+    /// right to CHECKPOINT on a server of the user's) is noted, not fatal.
     async fn checkpoint_before(&self, section: &str) {
-        let done = match self.server.connect("postgres").await {
-            Ok(client) => db::checkpoint(&client).await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = done {
+        let done = async { db::checkpoint(&self.server.connect("postgres").await?).await };
+        if let Err(error) = done.await {
             self.progress.note(&format!(
                 "no checkpoint before the {section}: {}",
                 crate::chain(&error)

@@ -152,27 +152,20 @@ mod tests {
 
     #[test]
     fn a_figure_that_rounds_onto_its_bound_shows_more_places() {
-        let missed = target("x", Some(0.79897), Bound::AtLeast(0.8), "");
-        assert_eq!(
-            (missed.measured.as_str(), missed.verdict.as_str()),
-            ("0.7990", "missed")
-        );
-        let met = target("x", Some(0.80312), Bound::AtLeast(0.8), "");
-        assert_eq!(
-            (met.measured.as_str(), met.verdict.as_str()),
-            ("0.8031", "met")
-        );
-        assert_eq!(
-            target("x", Some(0.8), Bound::AtLeast(0.8), "").measured,
-            "0.80"
-        );
-        assert_eq!(
-            target("x", Some(0.8512), Bound::AtLeast(0.8), "").measured,
-            "0.85"
-        );
-        assert_eq!(
-            target("x", Some(1.996), Bound::Below(2.0), " ms").measured,
-            "1.9960 ms"
-        );
+        let cases = [
+            (0.79897, Bound::AtLeast(0.8), "", "0.7990", "missed"),
+            (0.80312, Bound::AtLeast(0.8), "", "0.8031", "met"),
+            (0.8, Bound::AtLeast(0.8), "", "0.80", "met"),
+            (0.8512, Bound::AtLeast(0.8), "", "0.85", "met"),
+            (1.996, Bound::Below(2.0), " ms", "1.9960 ms", "met"),
+        ];
+        for (value, bound, unit, shown, verdict) in cases {
+            let t = target("x", Some(value), bound, unit);
+            assert_eq!(
+                (t.measured.as_str(), t.verdict.as_str()),
+                (shown, verdict),
+                "{value}"
+            );
+        }
     }
 }

@@ -272,8 +272,13 @@ pub(crate) async fn save(
     } else {
         (sql::SAGA_SAVE, sql::SAGA_SAVE_CHECKED, "save", "save saga")
     };
-    let key = instance.id.to_string();
-    let failed = db(op, saga_type, &key);
+    // The key is written out only on failure: this runs once per saga step.
+    let failed = |source| SagaError::Database {
+        op,
+        saga_type: saga_type.to_owned(),
+        key: instance.id.to_string(),
+        source,
+    };
     if tx.is_pipelined() {
         let params: Vec<Param> = vec![
             Box::new(instance.id),

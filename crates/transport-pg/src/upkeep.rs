@@ -123,7 +123,7 @@ impl QueueUpkeep {
         }
         let mut counted_at = self.received.total();
         let mut last = Instant::now();
-        let mut allowed: Option<bool> = None;
+        let mut allowed = false;
         let mut failing = false;
 
         while !*stop.borrow() {
@@ -159,26 +159,27 @@ impl QueueUpkeep {
         }
     }
 
-    /// One attempt: checks the right once, then vacuums unless the table is busy.
+    /// One attempt: checks the right until it is confirmed, then vacuums unless the
+    /// table is busy.
     async fn vacuum(
         &self,
-        allowed: &mut Option<bool>,
+        allowed: &mut bool,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Attempt> {
         let client = self.pool.get().await?;
-        if allowed.is_none() {
-            let row = client
+        if !*allowed {
+            let may: Option<bool> = client
                 .query_one(MAY_VACUUM, &[&self.queue])
                 .await
-                .map_err(Error::db("check the right to vacuum the queue"))?;
-            let may: Option<bool> = row.get(0);
-            *allowed = Some(may.unwrap_or(false));
-        }
-        if *allowed != Some(true) {
-            info!(endpoint = %self.endpoint, queue = %self.queue,
-                "queue upkeep off: this role may not vacuum the queue table (not its \
-                 owner); autovacuum alone keeps it");
-            return Ok(Attempt::NotAllowed);
+                .map_err(Error::db("check the right to vacuum the queue"))?
+                .get(0);
+            if may != Some(true) {
+                info!(endpoint = %self.endpoint, queue = %self.queue,
+                    "queue upkeep off: this role may not vacuum the queue table (not its \
+                     owner); autovacuum alone keeps it");
+                return Ok(Attempt::NotAllowed);
+            }
+            *allowed = true;
         }
 
         let busy: bool = client
