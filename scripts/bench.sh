@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh            the default run, under ten minutes once built
 #   scripts/bench.sh --quick    fewer seconds per run, under two minutes
-#   scripts/bench.sh --soak     the default run plus the soak (a million messages)
+#   scripts/bench.sh --soak     the default run plus the soak (a million messages, 2 min+)
 #   scripts/bench.sh -- --batches 1,10,50 --clients 4    anything after -- goes to the binary
 #
 # It builds the workspace in release mode, fetches pgmq's install script from the pgmq crate

@@ -82,7 +82,7 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
 
-    /// Add the soak: a million messages through one endpoint.
+    /// Add the soak: a million messages through one endpoint, and at least two windows.
     #[arg(long)]
     pub soak: bool,
 
@@ -139,6 +139,11 @@ pub struct Args {
     /// The soak's workers.
     #[arg(long, default_value_t = 16)]
     pub soak_workers: usize,
+
+    /// Seconds in each of the two windows the soak compares, its first and its last; the
+    /// soak runs for at least two of them, however soon its messages are done.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1800))]
+    pub soak_window: u64,
 }
 
 // One thread: the endpoint under test, its connections and the bench's own bookkeeping

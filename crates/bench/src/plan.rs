@@ -544,8 +544,9 @@ impl Bench {
         ring::fill_transport(&database, &setup::ring_endpoint()?, self.args.ring).await?;
         let args = &self.args;
         self.progress.note(&format!(
-            "soak: {} messages, batch {}, {} workers",
+            "soak: {} messages and at least two {} s windows, batch {}, {} workers",
             thousands(args.soak_messages as f64),
+            args.soak_window,
             args.soak_batch,
             args.soak_workers
         ));
@@ -555,7 +556,10 @@ impl Bench {
             RING_ENDPOINT,
             args.soak_batch,
             args.soak_workers,
-            args.soak_messages,
+            soak::Length {
+                messages: args.soak_messages,
+                window_s: args.soak_window,
+            },
             |count, at| {
                 if (at as u64) % 60 < 10 {
                     progress.note(&format!(

@@ -521,7 +521,11 @@ impl Report {
             Some(soak) => {
                 row(
                     out,
-                    &format!("soak: {} msgs", thousands(soak.messages as f64)),
+                    &format!(
+                        "soak: {} msgs, {:.0} s",
+                        thousands(soak.messages as f64),
+                        soak.seconds
+                    ),
                     &[
                         &format!(
                             "first {:.0}s {}/s",
@@ -551,6 +555,16 @@ impl Report {
                         ),
                     ],
                 );
+                if let Some((slowest, fastest)) = soak.sample_rates() {
+                    row(
+                        out,
+                        "  rate in each 10 s",
+                        &[
+                            &format!("slowest {}/s", thousands(slowest)),
+                            &format!("fastest {}/s", thousands(fastest)),
+                        ],
+                    );
+                }
             }
             None => row(out, "soak", &["not run (add --soak)"]),
         }

@@ -1,5 +1,9 @@
 //! The soak: a million messages round one endpoint's ring, then the last minute's rate
 //! against the first's, and what the queue table looks like at the end.
+//!
+//! The run lasts until its messages are done and for at least two windows, so the two
+//! windows compared never overlap and each is a whole minute by default, as issue 11's
+//! target reads; a shorter window averages over less of the machine's noise.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +28,7 @@ pub struct Soak {
     pub messages: u64,
     /// Seconds it took.
     pub seconds: f64,
-    /// Seconds in each of the two windows compared (60, or a fifth of the run if shorter
-    /// than five minutes, so that the windows never overlap).
+    /// Seconds in each of the two windows compared (`--soak-window`, 60 by default).
     pub window_s: f64,
     /// Messages per second in the first window.
     pub first_rate: f64,
@@ -42,7 +45,7 @@ pub struct Soak {
 }
 
 /// Size and tuple counts of the queue table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct TableState {
     /// `pg_total_relation_size`, MB: table, index and toast.
     pub total_mb: f64,
@@ -67,6 +70,24 @@ pub struct TableSample {
     pub messages: u64,
     /// The table then.
     pub table: TableState,
+}
+
+impl Soak {
+    /// The slowest and the fastest rate between two consecutive samples, messages a
+    /// second; `None` with fewer than two samples.
+    pub fn sample_rates(&self) -> Option<(f64, f64)> {
+        let rates: Vec<f64> = self
+            .samples
+            .windows(2)
+            .filter(|pair| pair[1].at_s > pair[0].at_s)
+            .map(|pair| {
+                (pair[1].messages - pair[0].messages) as f64 / (pair[1].at_s - pair[0].at_s)
+            })
+            .collect();
+        let slowest = rates.iter().copied().reduce(f64::min)?;
+        let fastest = rates.iter().copied().reduce(f64::max)?;
+        Some((slowest, fastest))
+    }
 }
 
 async fn table_state(client: &Client, queue_bare: &str) -> Result<TableState> {
@@ -94,13 +115,23 @@ async fn table_state(client: &Client, queue_bare: &str) -> Result<TableState> {
     })
 }
 
-/// Runs `messages` messages round endpoint `name`'s ring (already filled).
+/// How long the soak runs and what it compares.
+#[derive(Debug, Clone, Copy)]
+pub struct Length {
+    /// Messages to handle at least.
+    pub messages: u64,
+    /// Seconds in each window compared; the run lasts at least two.
+    pub window_s: u64,
+}
+
+/// Runs `length.messages` messages round endpoint `name`'s ring (already filled), and on
+/// until two windows have passed.
 pub async fn run(
     db: &Database,
     name: &str,
     batch: usize,
     workers: usize,
-    messages: u64,
+    length: Length,
     mut progress: impl FnMut(u64, f64),
 ) -> Result<Soak> {
     let queue_bare = format!("{name}_queue");
@@ -142,7 +173,8 @@ pub async fn run(
             });
             progress(count, at);
         }
-        if count >= messages || started.elapsed() > limit {
+        let both_windows = per_second.len() as u64 >= 2 * length.window_s;
+        if (count >= length.messages && both_windows) || started.elapsed() > limit {
             break;
         }
     }
@@ -151,13 +183,14 @@ pub async fn run(
     let table_end = table_state(&client, &queue_bare).await?;
     let total = *per_second.last().unwrap_or(&0);
 
-    let (window, first_rate, last_rate) = windows(&per_second);
+    let window = usize::try_from(length.window_s).unwrap_or(usize::MAX);
+    let (first_rate, last_rate) = windows(&per_second, window);
     Ok(Soak {
         batch,
         workers,
         messages: total,
         seconds,
-        window_s: window as f64,
+        window_s: length.window_s as f64,
         first_rate,
         last_rate,
         ratio: if first_rate > 0.0 {
@@ -171,41 +204,73 @@ pub async fn run(
     })
 }
 
-/// The window length in seconds and the rates of the first and last window, from the
-/// cumulative counts at each second.
-fn windows(cumulative: &[u64]) -> (usize, f64, f64) {
+/// The rates of the first and the last `window` seconds, from the cumulative counts at
+/// each second; zeros when the run is shorter than two windows (stopped at its time limit).
+fn windows(cumulative: &[u64], window: usize) -> (f64, f64) {
     let seconds = cumulative.len();
-    let window = if seconds >= 300 {
-        60
-    } else {
-        (seconds / 5).max(1)
-    };
-    if seconds < window {
-        return (window, 0.0, 0.0);
+    if window == 0 || seconds < 2 * window {
+        return (0.0, 0.0);
     }
     let at = |i: usize| if i == 0 { 0 } else { cumulative[i - 1] };
     let first = (at(window) - at(0)) as f64 / window as f64;
     let last = (at(seconds) - at(seconds - window)) as f64 / window as f64;
-    (window, first, last)
+    (first, last)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::windows;
+    use super::{Soak, TableSample, TableState, windows};
 
-    #[test]
-    fn windows_of_a_long_run_are_a_minute_each() {
-        let counts: Vec<u64> = (1..=400).map(|s| s * 100).collect();
-        let (window, first, last) = windows(&counts);
-        assert_eq!(window, 60);
-        assert_eq!((first, last), (100.0, 100.0));
+    fn soak_with(samples: &[(f64, u64)]) -> Soak {
+        Soak {
+            batch: 1,
+            workers: 16,
+            messages: samples.last().map_or(0, |s| s.1),
+            seconds: samples.last().map_or(0.0, |s| s.0),
+            window_s: 60.0,
+            first_rate: 0.0,
+            last_rate: 0.0,
+            ratio: 0.0,
+            table_start: TableState::default(),
+            table_end: TableState::default(),
+            samples: samples
+                .iter()
+                .map(|&(at_s, messages)| TableSample {
+                    at_s,
+                    messages,
+                    table: TableState::default(),
+                })
+                .collect(),
+        }
     }
 
     #[test]
-    fn windows_of_a_short_run_do_not_overlap() {
-        let counts: Vec<u64> = (1..=100).map(|s| s * 10).collect();
-        let (window, first, last) = windows(&counts);
-        assert_eq!(window, 20);
-        assert_eq!((first, last), (10.0, 10.0));
+    fn sample_rates_are_the_slowest_and_fastest_step_between_samples() {
+        let soak = soak_with(&[(10.0, 1_000), (20.0, 3_000), (30.5, 3_500), (40.0, 5_400)]);
+        assert_eq!(soak.sample_rates(), Some((500.0 / 10.5, 200.0)));
+        assert_eq!(soak_with(&[(10.0, 1_000)]).sample_rates(), None);
+    }
+
+    #[test]
+    fn the_windows_are_the_first_and_the_last_seconds_of_the_run() {
+        // 100 a second for the first minute, then 90: only the windows' ends count.
+        let counts: Vec<u64> = (1..=150u64)
+            .map(|s| {
+                if s <= 60 {
+                    s * 100
+                } else {
+                    6_000 + (s - 60) * 90
+                }
+            })
+            .collect();
+        assert_eq!(windows(&counts, 60), (100.0, 90.0));
+        assert_eq!(windows(&counts, 10), (100.0, 90.0));
+    }
+
+    #[test]
+    fn a_run_shorter_than_two_windows_has_no_rates() {
+        let counts: Vec<u64> = (1..=119).map(|s| s * 10).collect();
+        assert_eq!(windows(&counts, 60), (0.0, 0.0));
+        assert_eq!(windows(&counts, 0), (0.0, 0.0));
     }
 }
