@@ -73,16 +73,17 @@ pub struct TableSample {
 }
 
 impl Soak {
-    /// The slowest and the fastest rate between two consecutive samples, messages a
-    /// second; `None` with fewer than two samples.
+    /// The slowest and the fastest rate from one sample to the next, the start counting
+    /// as a sample of none, in messages a second; `None` without samples.
     pub fn sample_rates(&self) -> Option<(f64, f64)> {
-        let rates: Vec<f64> = self
-            .samples
+        let start = (0.0, 0);
+        let points: Vec<(f64, u64)> = std::iter::once(start)
+            .chain(self.samples.iter().map(|s| (s.at_s, s.messages)))
+            .collect();
+        let rates: Vec<f64> = points
             .windows(2)
-            .filter(|pair| pair[1].at_s > pair[0].at_s)
-            .map(|pair| {
-                (pair[1].messages - pair[0].messages) as f64 / (pair[1].at_s - pair[0].at_s)
-            })
+            .filter(|pair| pair[1].0 > pair[0].0)
+            .map(|pair| pair[1].1.saturating_sub(pair[0].1) as f64 / (pair[1].0 - pair[0].0))
             .collect();
         let slowest = rates.iter().copied().reduce(f64::min)?;
         let fastest = rates.iter().copied().reduce(f64::max)?;
@@ -248,7 +249,11 @@ mod tests {
     fn sample_rates_are_the_slowest_and_fastest_step_between_samples() {
         let soak = soak_with(&[(10.0, 1_000), (20.0, 3_000), (30.5, 3_500), (40.0, 5_400)]);
         assert_eq!(soak.sample_rates(), Some((500.0 / 10.5, 200.0)));
-        assert_eq!(soak_with(&[(10.0, 1_000)]).sample_rates(), None);
+        assert_eq!(
+            soak_with(&[(10.0, 1_000)]).sample_rates(),
+            Some((100.0, 100.0))
+        );
+        assert_eq!(soak_with(&[]).sample_rates(), None);
     }
 
     #[test]
