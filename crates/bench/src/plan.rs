@@ -558,7 +558,8 @@ impl Bench {
             args.soak_workers,
             soak::Length {
                 messages: args.soak_messages,
-                window_s: args.soak_window,
+                // At most 1800 by the flag's range.
+                window_s: args.soak_window as usize,
             },
             |count, at| {
                 if (at as u64) % 60 < 10 {

@@ -122,7 +122,7 @@ pub struct Length {
     /// Messages to handle at least.
     pub messages: u64,
     /// Seconds in each window compared; the run lasts at least two.
-    pub window_s: u64,
+    pub window_s: usize,
 }
 
 /// Runs `length.messages` messages round endpoint `name`'s ring (already filled), and on
@@ -174,7 +174,7 @@ pub async fn run(
             });
             progress(count, at);
         }
-        let both_windows = per_second.len() as u64 >= 2 * length.window_s;
+        let both_windows = per_second.len() >= 2 * length.window_s;
         if (count >= length.messages && both_windows) || started.elapsed() > limit {
             break;
         }
@@ -184,8 +184,7 @@ pub async fn run(
     let table_end = table_state(&client, &queue_bare).await?;
     let total = *per_second.last().unwrap_or(&0);
 
-    let window = usize::try_from(length.window_s).unwrap_or(usize::MAX);
-    let (first_rate, last_rate) = windows(&per_second, window);
+    let (first_rate, last_rate) = windows(&per_second, length.window_s);
     Ok(Soak {
         batch,
         workers,
